@@ -1,0 +1,1 @@
+"""The cloud side: ingest, store, detect, alert. Never imports edge/."""

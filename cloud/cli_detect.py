@@ -1,0 +1,8 @@
+"""`edgewatch detect`, `replay`, `evaluate`: detectors on files and stored history."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+COMMANDS: list[tuple[Callable[..., Any], str]] = []

@@ -1,0 +1,39 @@
+"""The contract between the aggregator and any anomaly detector.
+
+One detector instance watches one (device, metric) stream. River's convention holds: score a
+point before learning it, a higher score is more anomalous, and a point the detector flags is not
+learned (so a long fault does not become the new normal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the pipeline concluded about one reading."""
+
+    score: float  # in [0, 1]; higher is more anomalous
+    anomalous: bool  # the stream's label-free, calibrated decision
+    expected_low: float | None = None  # the range the detector expected, when it can say
+    expected_high: float | None = None
+
+
+class StreamDetector(Protocol):
+    name: str
+
+    def score_one(self, ts: float, value: float) -> float:
+        """Score in [0, 1] without changing state."""
+        ...
+
+    def learn_one(self, ts: float, value: float) -> None: ...
+
+    def process(self, ts: float, value: float) -> Verdict:
+        """Score, decide, and learn unless flagged: the one call the aggregator makes."""
+        ...
+
+    def to_bytes(self) -> bytes:
+        """Checkpoint: everything needed to resume without a fresh warm-up."""
+        ...

@@ -1,0 +1,24 @@
+"""The contract every sensor driver keeps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from devices.model import Measurement
+
+
+@runtime_checkable
+class SensorDriver(Protocol):
+    """Reads one physical or virtual sensor.
+
+    `__init__(params)` validates params and raises DriverConfigError naming the bad one; it does
+    not touch hardware, so a config can be checked on a laptop. `read()` returns one or more
+    measurements or raises SensorReadError; it must never return NaN or inf (raise instead).
+    """
+
+    def __init__(self, params: Mapping[str, Any]) -> None: ...
+
+    def read(self) -> list[Measurement]: ...
+
+    def close(self) -> None: ...

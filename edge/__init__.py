@@ -1,0 +1,1 @@
+"""The edge agent: sensors -> SQLite outbox -> MQTT. Never imports cloud/."""

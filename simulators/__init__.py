@@ -1,0 +1,1 @@
+"""Simulated devices with labelled faults; they run the real agent code."""
