@@ -1,14 +1,14 @@
 """Errors of the device contract.
 
-    EdgewatchError
-    ├── WireError            bytes that are not a valid message (the reason says why)
-    │   └── UnsupportedVersion   a schema major version this reader does not know
-    ├── TopicError           a topic outside the edgewatch layout
-    ├── InvalidDeviceId      a device id that cannot appear in a topic
-    └── DriverError
-        ├── UnknownDriver    no driver by that name (the message lists the known ones)
-        ├── DriverConfigError    bad params for a driver
-        └── SensorReadError  a read failed this time; the agent retries and counts it
+EdgewatchError
+├── WireError            bytes that are not a valid message (the reason says why)
+│   └── UnsupportedVersion   a schema major version this reader does not know
+├── TopicError           a topic outside the edgewatch layout
+├── InvalidDeviceId      a device id that cannot appear in a topic
+└── DriverError
+    ├── UnknownDriver    no driver by that name (the message lists the known ones)
+    ├── DriverConfigError    bad params for a driver
+    └── SensorReadError  a read failed this time; the agent retries and counts it
 """
 
 from __future__ import annotations

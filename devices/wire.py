@@ -228,7 +228,7 @@ def _field(obj: dict[str, Any], name: str, typ: type | tuple[type, ...]) -> Any:
 
 
 def _device(obj: dict[str, Any]) -> str:
-    device = _field(obj, "device", str)
+    device: str = _field(obj, "device", str)
     try:
         return check_device_id(device)
     except InvalidDeviceId as exc:
@@ -236,7 +236,7 @@ def _device(obj: dict[str, Any]) -> str:
 
 
 def _epoch(obj: dict[str, Any]) -> str:
-    epoch = _field(obj, "epoch", str)
+    epoch: str = _field(obj, "epoch", str)
     if not 1 <= len(epoch) <= MAX_NAME_LEN or not epoch.isalnum():
         raise WireError("bad_epoch", f"epoch={epoch!r:.60}")
     return epoch
@@ -245,10 +245,10 @@ def _epoch(obj: dict[str, Any]) -> str:
 def _timestamp(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    value = float(value)
-    if not math.isfinite(value) or not MIN_TS <= value <= MAX_TS:
+    ts = float(value)
+    if not math.isfinite(ts) or not MIN_TS <= ts <= MAX_TS:
         return None
-    return value
+    return ts
 
 
 def _name(value: Any) -> bool:
@@ -340,14 +340,16 @@ def _ranges(value: Any) -> tuple[tuple[int, int], ...]:
 def decode_ack(payload: bytes) -> Ack:
     obj = _load(payload, "ack")
     msg_id = obj.get("msg_id", "")
-    return Ack(_device(obj), _epoch(obj), _ranges(obj.get("ranges")), msg_id if isinstance(msg_id, str) else "")
+    return Ack(
+        _device(obj), _epoch(obj), _ranges(obj.get("ranges")), msg_id if isinstance(msg_id, str) else ""
+    )
 
 
 def decode_status(payload: bytes) -> Status:
     obj = _load(payload, "status")
     device = _device(obj)
     try:
-        event = StatusEvent(obj.get("event"))
+        event = StatusEvent(str(obj.get("event")))
     except ValueError as exc:
         raise WireError("bad_event", f"event={obj.get('event')!r:.60}") from exc
     ts = _timestamp(obj.get("ts"))
@@ -378,8 +380,8 @@ def _opt_float(obj: dict[str, Any], name: str) -> float | None:
 def decode_alert(payload: bytes) -> AlertEvent:
     obj = _load(payload, "alert")
     try:
-        kind = AlertKind(obj.get("alert_kind"))
-        state = AlertState(obj.get("state"))
+        kind = AlertKind(str(obj.get("alert_kind")))
+        state = AlertState(str(obj.get("state")))
     except ValueError as exc:
         raise WireError("bad_alert", str(exc)) from exc
     start = _opt_float(obj, "start")

@@ -1,0 +1,506 @@
+"""The agent's durable outbox: every reading is written here before it is published.
+
+A reading moves pending -> inflight (handed to the MQTT client) -> sent (the broker's PUBACK) and
+is deleted only when the aggregator confirms it stored it. A PUBACK is not enough: the broker may
+lose it (autosave, queue limits). Sent readings not confirmed in time go back to pending, with an
+exponential back-off per reading, so a silent aggregator costs bounded traffic.
+
+The bound (bytes, and a free-disk floor) is enforced inside the write transaction. The overflow
+policy decides what goes; every dropped reading is counted persistently in the same transaction,
+and its seq stays unused, so the loss is also visible as a gap downstream.
+
+SQLite runs in WAL mode. `synchronous=NORMAL` (default) keeps every committed row through a
+killed process; only a power cut can lose the last transactions. `FULL` also survives power loss
+on an SD card at about half the write rate (measured in bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+from edge.config import Overflow, Synchronous
+from edge.errors import OutboxError
+
+SCHEMA_VERSION = 1
+ROW_OVERHEAD = 48  # bytes a row costs beyond its strings, roughly (ints, floats, index entry)
+
+
+class State(IntEnum):
+    PENDING = 0
+    INFLIGHT = 1
+    SENT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    ts: float
+    sensor: str
+    metric: str
+    value: float
+    unit: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A measurement waiting for its seq: what the sampler hands the outbox."""
+
+    ts: float
+    sensor: str
+    metric: str
+    value: float
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    epoch: str
+    backlog: int  # readings not yet confirmed
+    pending: int
+    inflight: int
+    sent_unconfirmed: int
+    bytes_used: int
+    max_bytes: int
+    last_seq: int
+    dropped: int  # removed by the overflow policy before the broker ever had them
+    dropped_unconfirmed: int  # removed after a PUBACK but before confirmation; may yet be stored
+    published: int
+    confirmed: int
+    oldest_unsent_age_s: float | None
+    oldest_unconfirmed_age_s: float | None
+    free_disk_bytes: int | None
+    confirm_rate: float | None  # readings/s confirmed recently, as the running agent last saw it
+    rate_updated_at: float | None
+
+    @property
+    def drain_eta_s(self) -> float | None:
+        if self.backlog == 0:
+            return 0.0
+        if not self.confirm_rate:
+            return None
+        return self.backlog / self.confirm_rate
+
+    def as_dict(self) -> dict[str, object]:
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["drain_eta_s"] = self.drain_eta_s
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The overflow decision, free of I/O: how many bytes must go before `incoming` fits."""
+
+    max_bytes: int
+    min_free_disk_bytes: int
+    overflow: Overflow
+
+    def room(self, used_bytes: int, free_disk_bytes: int | None) -> int:
+        room = self.max_bytes - used_bytes
+        if free_disk_bytes is not None and free_disk_bytes < self.min_free_disk_bytes:
+            # Below the disk floor the outbox may not grow at all: new replaces old, one for one.
+            room = min(room, 0)
+        return room
+
+    def plan(self, used_bytes: int, incoming: Sequence[int], free_disk_bytes: int | None) -> tuple[int, int]:
+        """Return (bytes of stored readings to drop, how many of `incoming` to keep).
+
+        drop_oldest keeps every incoming reading that fits in max_bytes at all and frees room
+        from the oldest stored ones; drop_newest keeps the incoming prefix that fits.
+        """
+        room = self.room(used_bytes, free_disk_bytes)
+        total = sum(incoming)
+        if total <= room:
+            return 0, len(incoming)
+        if self.overflow is Overflow.DROP_NEWEST:
+            keep, acc = 0, 0
+            for size in incoming:
+                if acc + size > room:
+                    break
+                acc += size
+                keep += 1
+            return 0, keep
+        # drop_oldest: the newest incoming readings win, even over older incoming ones.
+        keep, acc = 0, 0
+        for size in reversed(incoming):
+            if acc + size > self.max_bytes:
+                break
+            acc += size
+            keep += 1
+        return acc - room, keep
+
+
+def row_size(sensor: str, metric: str, unit: str) -> int:
+    return ROW_OVERHEAD + len(sensor) + len(metric) + len(unit)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    sensor TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    unit TEXT NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    resend_at REAL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_state_seq ON outbox(state, seq);
+"""
+
+_COUNTERS = ("next_seq", "dropped", "dropped_unconfirmed", "published", "confirmed")
+
+
+def _connect(path: Path, synchronous: Synchronous, *, readonly: bool = False) -> sqlite3.Connection:
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=5)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, timeout=5, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous.value}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+    except (sqlite3.Error, OSError) as exc:
+        raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
+
+
+class Outbox:
+    """The outbox of one device. Used from one thread (the agent's loop)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        min_free_disk_bytes: int = 0,
+        overflow: Overflow = Overflow.DROP_OLDEST,
+        synchronous: Synchronous = Synchronous.NORMAL,
+        ack_timeout_s: float = 30.0,
+        ack_timeout_max_s: float = 900.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.limits = Limits(max_bytes, min_free_disk_bytes, overflow)
+        self.ack_timeout_s = ack_timeout_s
+        self.ack_timeout_max_s = ack_timeout_max_s
+        self.clock = clock
+        self._db = _connect(self.path, synchronous)
+        try:
+            self._db.executescript(_SCHEMA)
+            self._init_meta()
+            # After a crash nothing is in flight any more: those readings are pending again.
+            self._db.execute("UPDATE outbox SET state=0 WHERE state=1")
+            count, used = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size),0) FROM outbox").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise OutboxError(f"outbox {self.path} is unusable: {exc}") from exc
+        self._count: int = count
+        self._bytes: int = used
+
+    # -- meta -----------------------------------------------------------------------------
+
+    def _init_meta(self) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if version is None:
+                # epoch: a random id born with this database, so a wiped device never reuses
+                # (device, epoch, seq) keys the cloud has already stored.
+                rows = [
+                    ("schema_version", SCHEMA_VERSION),
+                    ("epoch", uuid.uuid4().hex[:16]),
+                    ("created_at", time.time()),
+                    ("next_seq", 1),
+                    *((name, 0) for name in _COUNTERS[1:]),
+                ]
+                db.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", rows)
+            elif int(version[0]) > SCHEMA_VERSION:
+                raise OutboxError(
+                    f"outbox {self.path} has schema {version[0]}, newer than this agent ({SCHEMA_VERSION})"
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        self.epoch: str = str(meta["epoch"])
+        self._counters = {name: int(meta[name]) for name in _COUNTERS}
+
+    def _save_counters(self, *names: str) -> None:
+        self._db.executemany("UPDATE meta SET value=? WHERE key=?", [(self._counters[n], n) for n in names])
+
+    def set_meta(self, items: dict[str, float | str]) -> None:
+        """Publish runtime figures (confirm rate) for `agent status` in another process."""
+        self._db.executemany(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            list(items.items()),
+        )
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _free_disk(self) -> int | None:
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def append(self, samples: Sequence[Sample]) -> list[int]:
+        """Give each sample its seq and store it durably; returns the seqs of those kept.
+
+        Dropped samples (by policy) still consume their seq, so the loss shows as a gap.
+        """
+        if not samples:
+            return []
+        sizes = [row_size(s.sensor, s.metric, s.unit) for s in samples]
+        free = self._free_disk() if self.limits.min_free_disk_bytes > 0 else None
+        drop_bytes, keep = self.limits.plan(self._bytes, sizes, free)
+        first_seq = self._counters["next_seq"]
+        seqs = list(range(first_seq, first_seq + len(samples)))
+        if self.limits.overflow is Overflow.DROP_NEWEST:
+            kept = list(zip(seqs[:keep], samples[:keep], sizes[:keep], strict=True))
+        else:
+            cut = len(samples) - keep
+            kept = list(zip(seqs[cut:], samples[cut:], sizes[cut:], strict=True))
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if drop_bytes > 0:
+                    self._drop_oldest(drop_bytes)
+                db.executemany(
+                    "INSERT INTO outbox(seq, ts, sensor, metric, value, unit, size) VALUES (?,?,?,?,?,?,?)",
+                    [(q, s.ts, s.sensor, s.metric, s.value, s.unit, z) for q, s, z in kept],
+                )
+                self._counters["next_seq"] = first_seq + len(samples)
+                self._counters["dropped"] += len(samples) - len(kept)
+                self._save_counters("next_seq", "dropped", "dropped_unconfirmed")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                self._reload_counters()
+                raise
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot write outbox {self.path}: {exc}") from exc
+        self._count += len(kept)
+        self._bytes += sum(z for _, _, z in kept)
+        return [q for q, _, _ in kept]
+
+    def _reload_counters(self) -> None:
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        self._counters = {name: int(meta[name]) for name in _COUNTERS}
+        self._count, self._bytes = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size),0) FROM outbox"
+        ).fetchone()
+
+    def _drop_oldest(self, need: int) -> None:
+        """Free `need` bytes: the oldest never-published readings first (their loss is certain),
+        then, only if nothing unsent is left, the oldest awaiting confirmation."""
+        freed = 0
+        for states, counter in (((0,), "dropped"), ((1, 2), "dropped_unconfirmed")):
+            marks = ",".join("?" * len(states))
+            while freed < need:
+                rows = self._db.execute(
+                    f"SELECT seq, size FROM outbox WHERE state IN ({marks}) ORDER BY seq LIMIT 512",  # noqa: S608
+                    states,
+                ).fetchall()
+                if not rows:
+                    break
+                last = None
+                n = 0
+                for seq, size in rows:
+                    freed += size
+                    last = seq
+                    n += 1
+                    if freed >= need:
+                        break
+                self._db.execute(
+                    f"DELETE FROM outbox WHERE state IN ({marks}) AND seq <= ?",  # noqa: S608
+                    (*states, last),
+                )
+                self._counters[counter] += n
+                self._count -= n
+                self._bytes -= sum(size for _, size in rows[:n])
+            if freed >= need:
+                return
+
+    def claim(
+        self, *, min_seq: int = 0, max_seq: int | None = None, limit: int, max_bytes: int
+    ) -> list[OutboxRow]:
+        """Mark the oldest pending readings in [min_seq, max_seq) inflight and return them."""
+        hi = max_seq if max_seq is not None else 2**62
+        rows = self._db.execute(
+            "SELECT seq, ts, sensor, metric, value, unit, size FROM outbox "
+            "WHERE state=0 AND seq>=? AND seq<? ORDER BY seq LIMIT ?",
+            (min_seq, hi, limit),
+        ).fetchall()
+        out: list[OutboxRow] = []
+        acc = 0
+        for row in rows:
+            acc += row[6] * 2  # JSON roughly doubles a row's raw size
+            if out and acc > max_bytes:
+                break
+            out.append(OutboxRow(*row))
+        if out:
+            self._db.execute(
+                "UPDATE outbox SET state=1 WHERE state=0 AND seq BETWEEN ? AND ?", (out[0].seq, out[-1].seq)
+            )
+        return out
+
+    def oldest_pending(self, *, min_seq: int = 0) -> tuple[int, float] | None:
+        """The oldest pending reading's (seq, ts) at or above min_seq: what lingers longest."""
+        row = self._db.execute(
+            "SELECT seq, ts FROM outbox WHERE state=0 AND seq>=? ORDER BY seq LIMIT 1", (min_seq,)
+        ).fetchone()
+        return (int(row[0]), float(row[1])) if row else None
+
+    def count_pending(self, *, min_seq: int = 0) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state=0 AND seq>=?", (min_seq,)).fetchone()
+        return int(row[0])
+
+    def mark_sent(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """The broker acknowledged these: wait for the aggregator's confirmation, with back-off."""
+        now = time.time()
+        params = [(now, self.ack_timeout_s, self.ack_timeout_max_s, a, b) for a, b in ranges]
+        if not params:
+            return
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            published = 0
+            for p in params:
+                cur = db.execute(
+                    "UPDATE outbox SET state=2, attempts=attempts+1, "
+                    "resend_at=?1 + min(?2 * (1 << min(attempts, 16)), ?3) "
+                    "WHERE state=1 AND seq BETWEEN ?4 AND ?5",
+                    p,
+                )
+                published += cur.rowcount
+            self._counters["published"] += published
+            self._save_counters("published")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def release_inflight(self) -> int:
+        """The connection died before these were acknowledged: they are pending again."""
+        return self._db.execute("UPDATE outbox SET state=0 WHERE state=1").rowcount
+
+    def release(self, first: int, last: int) -> None:
+        self._db.execute("UPDATE outbox SET state=0 WHERE state=1 AND seq BETWEEN ? AND ?", (first, last))
+
+    def requeue_overdue(self) -> int:
+        """Sent readings whose confirmation is overdue go back to pending (they are resent)."""
+        return self._db.execute(
+            "UPDATE outbox SET state=0 WHERE state=2 AND resend_at<=?", (time.time(),)
+        ).rowcount
+
+    def confirm(self, ranges: Iterable[tuple[int, int]]) -> int:
+        """The aggregator stored these seqs: delete them. Returns how many were deleted."""
+        db = self._db
+        deleted = freed = published = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for a, b in ranges:
+                for size, state in db.execute(
+                    "DELETE FROM outbox WHERE seq BETWEEN ? AND ? RETURNING size, state", (a, b)
+                ).fetchall():
+                    deleted += 1
+                    freed += size
+                    # Confirmed before its PUBACK was processed: it was published all the same.
+                    published += state == State.INFLIGHT
+            self._counters["confirmed"] += deleted
+            self._counters["published"] += published
+            self._save_counters("confirmed", "published")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._count -= deleted
+        self._bytes -= freed
+        return deleted
+
+    # -- reads ----------------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        return self._count
+
+    @property
+    def bytes_used(self) -> int:
+        return self._bytes
+
+    @property
+    def next_seq(self) -> int:
+        return self._counters["next_seq"]
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    def stats(self) -> OutboxStats:
+        return _stats(self._db, self.limits.max_bytes, self._free_disk())
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+
+def _stats(db: sqlite3.Connection, max_bytes: int, free_disk: int | None) -> OutboxStats:
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    by_state = {
+        State(s): (n, b)
+        for s, n, b in db.execute("SELECT state, COUNT(*), COALESCE(SUM(size),0) FROM outbox GROUP BY state")
+    }
+    now = time.time()
+    oldest_unsent = db.execute("SELECT MIN(ts) FROM outbox WHERE state IN (0,1)").fetchone()[0]
+    oldest = db.execute("SELECT ts FROM outbox ORDER BY seq LIMIT 1").fetchone()
+    rate = meta.get("confirm_rate")
+    return OutboxStats(
+        epoch=str(meta["epoch"]),
+        backlog=sum(n for n, _ in by_state.values()),
+        pending=by_state.get(State.PENDING, (0, 0))[0],
+        inflight=by_state.get(State.INFLIGHT, (0, 0))[0],
+        sent_unconfirmed=by_state.get(State.SENT, (0, 0))[0],
+        bytes_used=sum(b for _, b in by_state.values()),
+        max_bytes=max_bytes,
+        last_seq=int(meta["next_seq"]) - 1,
+        dropped=int(meta["dropped"]),
+        dropped_unconfirmed=int(meta["dropped_unconfirmed"]),
+        published=int(meta["published"]),
+        confirmed=int(meta["confirmed"]),
+        oldest_unsent_age_s=None if oldest_unsent is None else max(0.0, now - oldest_unsent),
+        oldest_unconfirmed_age_s=None if oldest is None else max(0.0, now - oldest[0]),
+        free_disk_bytes=free_disk,
+        confirm_rate=None if rate is None else float(rate),
+        rate_updated_at=None if meta.get("rate_updated_at") is None else float(meta["rate_updated_at"]),
+    )
+
+
+def read_stats(path: Path | str, max_bytes: int) -> OutboxStats:
+    """Stats of an outbox another process (the running agent) owns; opens it read-only."""
+    path = Path(path)
+    if not path.exists():
+        raise OutboxError(f"no outbox at {path} (has the agent run yet?)")
+    db = _connect(path, Synchronous.NORMAL, readonly=True)
+    try:
+        st = os.statvfs(path.parent)
+        return _stats(db, max_bytes, st.f_bavail * st.f_frsize)
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot read outbox {path}: {exc}") from exc
+    finally:
+        db.close()
