@@ -135,7 +135,7 @@ class Limits:
                 break
             acc += size
             keep += 1
-        return acc - room, keep
+        return max(0, acc - room), keep
 
 
 def row_size(sensor: str, metric: str, unit: str) -> int:
@@ -281,7 +281,11 @@ class Outbox:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if drop_bytes > 0:
-                    self._drop_oldest(drop_bytes)
+                    short = drop_bytes - self._drop_oldest(drop_bytes)
+                    # Not enough stored to make room (e.g. below the disk floor): the oldest
+                    # incoming readings go too.
+                    while short > 0 and kept:
+                        short -= kept.pop(0)[2]
                 db.executemany(
                     "INSERT INTO outbox(seq, ts, sensor, metric, value, unit, size) VALUES (?,?,?,?,?,?,?)",
                     [(q, s.ts, s.sensor, s.metric, s.value, s.unit, z) for q, s, z in kept],
@@ -307,7 +311,7 @@ class Outbox:
             "SELECT COUNT(*), COALESCE(SUM(size),0) FROM outbox"
         ).fetchone()
 
-    def _drop_oldest(self, need: int) -> None:
+    def _drop_oldest(self, need: int) -> int:
         """Free `need` bytes: the oldest never-published readings first (their loss is certain),
         then, only if nothing unsent is left, the oldest awaiting confirmation."""
         freed = 0
@@ -336,7 +340,8 @@ class Outbox:
                 self._count -= n
                 self._bytes -= sum(size for _, size in rows[:n])
             if freed >= need:
-                return
+                break
+        return freed
 
     def claim(
         self, *, min_seq: int = 0, max_seq: int | None = None, limit: int, max_bytes: int

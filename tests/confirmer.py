@@ -29,7 +29,9 @@ class Confirmer:
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: object, props: object) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, rc: object, props: object
+    ) -> None:
         client.subscribe([(wire.SUB_TELEMETRY, 1), (wire.SUB_BACKFILL, 1)])
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:

@@ -28,7 +28,9 @@ def test_broker_outage_loses_nothing(tmp_path: Path, broker: Mosquitto) -> None:
         sampled_in_outage = agent.outbox.next_seq - 1
         broker.start()
         wait_for(
-            lambda: confirmer.seqs("dev-1", epoch) >= set(range(1, sampled_in_outage + 1)), 30, "backlog drained"
+            lambda: confirmer.seqs("dev-1", epoch) >= set(range(1, sampled_in_outage + 1)),
+            30,
+            "backlog drained",
         )
         runner.stop()
     stats = read_stats(cfg.outbox.path, cfg.outbox.max_bytes)
@@ -99,7 +101,13 @@ def test_drop_newest_keeps_the_oldest(tmp_path: Path, broker: Mosquitto) -> None
         wait_for(lambda: agent.outbox.counters()["dropped"] >= 50, 20, "drops")
         broker.start()
         confirmer = Confirmer(broker.host, broker.port).start()
-        wait_for(lambda: agent.outbox.backlog == 0 or set(range(1, 51)) <= confirmer.seqs("dev-1", agent.outbox.epoch), 20, "drain")
+        wait_for(
+            lambda: (
+                agent.outbox.backlog == 0 or set(range(1, 51)) <= confirmer.seqs("dev-1", agent.outbox.epoch)
+            ),
+            20,
+            "drain",
+        )
         epoch = agent.outbox.epoch
         runner.stop()
     got = confirmer.seqs("dev-1", epoch)

@@ -1,0 +1,221 @@
+"""The agent as operators run it: `edgewatch agent ...` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge.outbox import read_stats
+from tests.confirmer import Confirmer, wait_for
+from tests.mosquitto import Mosquitto
+
+EDGEWATCH = [sys.executable, "-m", "edgewatch"]
+
+
+def write_config(tmp: Path, url: str, *, outbox: str | None = None, extra: str = "") -> Path:
+    path = tmp / "agent.toml"
+    path.write_text(
+        f"""
+[device]
+id = "pi-1"
+
+[broker]
+url = "{url}"
+keepalive_s = 5
+
+[outbox]
+path = "{outbox or tmp / "outbox.db"}"
+min_free_disk_bytes = 0
+
+[publish]
+linger_s = 0.05
+ack_timeout_s = 2.0
+reconnect_base_s = 0.1
+reconnect_max_s = 0.5
+heartbeat_s = 1.0
+max_inflight = 4
+batch_max_readings = 50
+
+[[sensors]]
+name = "host"
+driver = "system"
+interval_s = 0.02
+params = {{ metrics = ["load1", "memory_percent"] }}
+{extra}
+"""
+    )
+    return path
+
+
+def start_agent(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*EDGEWATCH, "agent", "run", "--config", str(config), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.broker
+def test_sigkill_mid_drain_loses_nothing(tmp_path: Path, broker: Mosquitto) -> None:
+    config = write_config(tmp_path, broker.url)
+    outbox = tmp_path / "outbox.db"
+    broker.stop()
+    agent = start_agent(config)
+    wait_for(lambda: outbox.exists() and read_stats(outbox, 1).backlog >= 1500, 30, "a backlog")
+    broker.start()
+    confirmer = Confirmer(broker.host, broker.port).start()
+    epoch = read_stats(outbox, 1).epoch
+    wait_for(lambda: len(confirmer.seqs("pi-1", epoch)) >= 200, 30, "drain to start")
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(10)
+    killed_at = read_stats(outbox, 1)
+    assert killed_at.backlog > 0, "the kill must land mid-drain"
+    agent = start_agent(config)
+    wait_for(lambda: read_stats(outbox, 1).last_seq > killed_at.last_seq + 50, 30, "sampling to resume")
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(20) == 0
+    final = read_stats(outbox, 1)
+    assert final.epoch == epoch and final.dropped == 0
+    leftover = set(range(final.last_seq - final.backlog + 1, final.last_seq + 1))
+    wait_for(
+        lambda: confirmer.seqs("pi-1", epoch) | leftover >= set(range(1, final.last_seq + 1)),
+        20,
+        "every seq received or still in the outbox",
+    )
+    confirmer.stop()
+
+
+@pytest.mark.broker
+def test_sigterm_stops_cleanly_and_status_reads_the_outbox(tmp_path: Path, broker: Mosquitto) -> None:
+    config = write_config(tmp_path, broker.url)
+    agent = start_agent(config)
+    outbox = tmp_path / "outbox.db"
+    wait_for(lambda: outbox.exists() and read_stats(outbox, 1).last_seq > 20, 20, "sampling")
+    out = subprocess.run(
+        [*EDGEWATCH, "agent", "status", "--config", str(config), "--json"], capture_output=True, check=True
+    )
+    status = json.loads(out.stdout)
+    assert status["device"] == "pi-1"
+    assert status["last_seq"] > 20
+    assert status["backlog"] == status["last_seq"] - status["confirmed"] - status["dropped"]
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(20) == 0, agent.stderr.read() if agent.stderr else ""
+    text = subprocess.run(
+        [*EDGEWATCH, "agent", "status", "--config", str(config)], capture_output=True, check=True, text=True
+    ).stdout
+    assert "backlog" in text and "drain ETA" in text
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EDGEWATCH, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("[device]\nid = 'a'\n", "broker: is required"),
+        ("not toml [", "not valid TOML"),
+        (
+            "[device]\nid='bad/id'\n[broker]\nurl='mqtt://h'\n[outbox]\npath='x.db'\n",
+            "device.id",
+        ),
+        (
+            "[device]\nid='a'\n[broker]\nurl='http://h'\n[outbox]\npath='x.db'\n",
+            "broker.url",
+        ),
+        (
+            "[device]\nid='a'\n[broker]\nurl='mqtt://h'\n[outbox]\npath='x.db'\noverflow='drop_random'\n",
+            "outbox.overflow",
+        ),
+        (
+            "[device]\nid='a'\n[broker]\nurl='mqtt://h'\n[outbox]\npath='x.db'\n"
+            "[[sensors]]\nname='t'\ndriver='nope'\ninterval_s=1\n",
+            "unknown driver 'nope'; known drivers: bme280, command, ds18b20, linux_thermal",
+        ),
+        (
+            "[device]\nid='a'\n[broker]\nurl='mqtt://h'\n[outbox]\npath='x.db'\n"
+            "[[sensors]]\nname='t'\ndriver='system'\ninterval_s=-1\n",
+            "sensors[0].interval_s: must be > 0",
+        ),
+    ],
+)
+def test_bad_config_is_a_clear_error(tmp_path: Path, body: str, expected: str) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(body)
+    result = run_cli("agent", "run", "--config", str(config))
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = run_cli("agent", "status", "--config", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2
+    assert "config file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_outbox_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    config = write_config(tmp_path, "mqtt://127.0.0.1:9", outbox=str(blocker / "sub" / "outbox.db"))
+    result = run_cli("agent", "run", "--config", str(config))
+    assert result.returncode == 2
+    assert "cannot open outbox" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_outbox_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "outbox.db").write_bytes(b"this is not a sqlite database" * 100)
+    config = write_config(tmp_path, "mqtt://127.0.0.1:9")
+    result = run_cli("agent", "run", "--config", str(config))
+    assert result.returncode == 2
+    assert "outbox" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.broker
+def test_unreadable_sensor_never_stops_the_others(tmp_path: Path, broker: Mosquitto) -> None:
+    failing = 'argv = ["sh", "-c", "echo broken >&2; exit 3"]'
+    config = write_config(
+        tmp_path,
+        broker.url,
+        extra=f"\n[[sensors]]\nname = 'bad'\ndriver = 'command'\ninterval_s = 0.2\nparams = {{ {failing} }}\n",
+    )
+    sample = run_cli("agent", "sample", "--config", str(config))
+    assert sample.returncode == 1
+    assert "bad (command): FAILED" in sample.stdout
+    assert "host (system): load1 =" in sample.stdout
+    agent = start_agent(config)
+    outbox = tmp_path / "outbox.db"
+    wait_for(lambda: outbox.exists() and read_stats(outbox, 1).last_seq > 50, 20, "good sensor sampled")
+    assert agent.poll() is None
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(20) == 0
+    stderr = agent.stderr.read().decode() if agent.stderr else ""
+    assert "sensor bad: read failed" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_agent_import_path_is_small() -> None:
+    """The device never imports river, numpy, pandas or the cloud side."""
+    code = (
+        "import sys, edgewatch.cli, edge.agent, edge.cli, devices.drivers.system;"
+        "heavy = {'river','numpy','pandas','aiomqtt','sqlite_utils','prometheus_client','rich','plotext'};"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy "
+        "or (m.startswith('cloud.') and m not in ('cloud.cli', 'cloud.cli_detect')));"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert out.stdout.strip() == ""

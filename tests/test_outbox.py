@@ -1,0 +1,166 @@
+"""The outbox on real SQLite files: identity, bounds, the confirmation lifecycle."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.config import Overflow
+from edge.errors import OutboxError
+from edge.outbox import Limits, Outbox, Sample, read_stats, row_size
+
+
+def samples(n: int, start: float = 1.7e9) -> list[Sample]:
+    return [Sample(start + i, "s", "m", float(i), "u") for i in range(n)]
+
+
+SIZE = row_size("s", "m", "u")
+
+
+def test_seq_and_epoch_survive_reopen(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db")
+    assert ob.append(samples(3)) == [1, 2, 3]
+    epoch = ob.epoch
+    ob.close()
+    ob = Outbox(tmp_path / "o.db")
+    assert ob.epoch == epoch
+    assert ob.append(samples(2)) == [4, 5]
+    assert ob.backlog == 5
+    ob.close()
+
+
+def test_a_new_database_is_a_new_epoch(tmp_path: Path) -> None:
+    a = Outbox(tmp_path / "a.db")
+    b = Outbox(tmp_path / "b.db")
+    assert a.epoch != b.epoch and len(a.epoch) == 16
+    a.close()
+    b.close()
+
+
+def test_lifecycle_pending_inflight_sent_confirmed(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", ack_timeout_s=0.05)
+    ob.append(samples(10))
+    rows = ob.claim(limit=4, max_bytes=10**6)
+    assert [r.seq for r in rows] == [1, 2, 3, 4]
+    assert [r.seq for r in ob.claim(limit=100, max_bytes=10**6)] == [5, 6, 7, 8, 9, 10]
+    ob.release_inflight()  # the connection died
+    rows = ob.claim(limit=4, max_bytes=10**6)
+    assert [r.seq for r in rows] == [1, 2, 3, 4]
+    ob.mark_sent([(1, 4)])
+    assert ob.stats().sent_unconfirmed == 4
+    assert ob.requeue_overdue() == 0
+    time.sleep(0.08)
+    assert ob.requeue_overdue() == 4, "unconfirmed past the timeout go back to pending"
+    assert ob.confirm([(1, 2), (9, 9)]) == 3
+    assert ob.backlog == 7
+    assert ob.confirm([(1, 2)]) == 0, "a repeated confirmation is harmless"
+    s = ob.stats()
+    assert (s.confirmed, s.published, s.last_seq) == (3, 4, 10)
+    ob.close()
+
+
+def test_resend_backoff_grows_per_attempt(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", ack_timeout_s=10, ack_timeout_max_s=35)
+    ob.append(samples(1))
+    delays = []
+    for _ in range(4):
+        ob.claim(limit=1, max_bytes=10**6)
+        before = time.time()
+        ob.mark_sent([(1, 1)])
+        (resend_at,) = ob._db.execute("SELECT resend_at FROM outbox").fetchone()
+        delays.append(round(resend_at - before))
+        ob._db.execute("UPDATE outbox SET state=0")
+    assert delays == [10, 20, 35, 35]
+    ob.close()
+
+
+def test_inflight_rows_are_pending_after_a_crash(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db")
+    ob.append(samples(5))
+    ob.claim(limit=5, max_bytes=10**6)
+    ob._db.close()  # no clean shutdown
+    ob = Outbox(tmp_path / "o.db")
+    assert ob.stats().pending == 5
+    ob.close()
+
+
+def test_drop_oldest_counts_and_leaves_a_gap(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", max_bytes=SIZE * 10)
+    for i in range(25):
+        ob.append(samples(1, start=1.7e9 + i))
+    kept = [r.seq for r in ob.claim(limit=100, max_bytes=10**6)]
+    assert kept == list(range(16, 26))
+    assert ob.counters()["dropped"] == 15
+    assert ob.bytes_used <= SIZE * 10
+    ob.close()
+    assert read_stats(tmp_path / "o.db", SIZE * 10).dropped == 15
+
+
+def test_drop_oldest_prefers_unsent_over_awaiting_confirmation(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", max_bytes=SIZE * 10)
+    ob.append(samples(5))
+    ob.claim(limit=5, max_bytes=10**6)
+    ob.mark_sent([(1, 5)])
+    ob.append(samples(5))
+    ob.append(samples(3))  # 3 must go: from the never-sent 6..8, not the sent 1..5
+    seqs = [r[0] for r in ob._db.execute("SELECT seq FROM outbox ORDER BY seq")]
+    assert seqs == [1, 2, 3, 4, 5, 9, 10, 11, 12, 13]
+    assert ob.counters()["dropped"] == 3
+    ob.append(samples(7))  # 5 unsent are not enough room: then the oldest sent go, counted apart
+    seqs = [r[0] for r in ob._db.execute("SELECT seq FROM outbox ORDER BY seq")]
+    assert seqs == [3, 4, 5, *range(14, 21)]
+    assert ob.counters()["dropped"] == 8
+    assert ob.counters()["dropped_unconfirmed"] == 2
+    ob.close()
+
+
+def test_drop_newest_keeps_the_oldest(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", max_bytes=SIZE * 10, overflow=Overflow.DROP_NEWEST)
+    assert ob.append(samples(8)) == list(range(1, 9))
+    assert ob.append(samples(5)) == [9, 10]
+    assert ob.append(samples(1)) == []
+    assert ob.next_seq == 15, "dropped readings still use up their seq"
+    assert ob.counters()["dropped"] == 4
+    ob.close()
+
+
+def test_below_the_disk_floor_the_outbox_does_not_grow(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", max_bytes=10**9, min_free_disk_bytes=2**62)
+    ob.append(samples(5))  # empty outbox, no room: the newest replace... nothing to replace
+    assert ob.backlog == 0 and ob.counters()["dropped"] == 5
+    ob.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    used=st.integers(0, 5000),
+    incoming=st.lists(st.integers(1, 200), max_size=30),
+    cap=st.integers(1, 5000),
+    overflow=st.sampled_from(list(Overflow)),
+)
+def test_limits_plan_never_exceeds_the_bound(
+    used: int, incoming: list[int], cap: int, overflow: Overflow
+) -> None:
+    used = min(used, cap)
+    drop, keep = Limits(cap, 0, overflow).plan(used, incoming, None)
+    kept = incoming[:keep] if overflow is Overflow.DROP_NEWEST else incoming[len(incoming) - keep :]
+    assert 0 <= keep <= len(incoming)
+    assert drop >= 0
+    assert used - drop + sum(kept) <= cap or drop >= used
+    if overflow is Overflow.DROP_NEWEST:
+        assert drop == 0
+
+
+def test_unwritable_path_is_an_outbox_error(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    with pytest.raises(OutboxError, match="cannot open outbox"):
+        Outbox(tmp_path / "f" / "o.db")
+
+
+def test_read_stats_of_a_missing_outbox(tmp_path: Path) -> None:
+    with pytest.raises(OutboxError, match="no outbox"):
+        read_stats(tmp_path / "none.db", 1)
