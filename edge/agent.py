@@ -325,8 +325,21 @@ class Agent:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def step(self, timeout: float = 0.05) -> None:
-        """One turn: sample (inline mode), store samples, keep the link, publish, settle acks."""
+    IDLE_WAKEUP_S = 0.2
+
+    def _wait_budget(self) -> float:
+        """How long the next socket wait may block: until the live batch's linger runs out."""
+        if self._live_since is None:
+            return self.IDLE_WAKEUP_S
+        remaining = self._live_since + self.config.publish.linger_s - time.monotonic()
+        return max(0.0, min(self.IDLE_WAKEUP_S, remaining))
+
+    def step(self, timeout: float | None = None) -> None:
+        """One turn: sample (inline mode), store samples, keep the link, publish, settle acks.
+
+        Blocks in the socket wait (a PUBACK or an ack wakes it) for at most `timeout`, by
+        default until the next thing due, so an idle agent wakes a few times a second.
+        """
         if not self.threaded:
             self.sample_due()
         self.flush_samples()
@@ -335,11 +348,12 @@ class Agent:
             if now >= self._reconnect_at:
                 self._connect()
             if self.link is None:
-                self._stop.wait(min(timeout, max(0.0, self._reconnect_at - now)))
+                budget = self.IDLE_WAKEUP_S if timeout is None else timeout
+                self._stop.wait(min(budget, max(0.0, self._reconnect_at - now)))
                 return
         link = self.link
         assert link is not None
-        if not link.loop(timeout):
+        if not link.loop(self._wait_budget() if timeout is None else timeout):
             self._on_link_lost()
             return
         self._settle_pubacks()

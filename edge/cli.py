@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import signal
-import sys
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -39,38 +35,11 @@ def run_cmd(
 
     Example: edgewatch agent run --config /etc/edgewatch/agent.toml
     """
-    from edge.agent import Agent
-    from edge.config import load_config
+    from edge.runner import run_agent
 
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        cfg = load_config(config)
-        agent = Agent(cfg)
-    except EdgewatchError as exc:
-        raise _fail(exc) from None
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    logging.getLogger("edgewatch.agent").info(
-        "agent %s epoch %s: %d sensors, outbox %s (backlog %d)",
-        cfg.device_id,
-        agent.outbox.epoch,
-        len(cfg.sensors),
-        cfg.outbox.path,
-        agent.outbox.backlog,
-    )
-    try:
-        agent.run(stop)
-    except EdgewatchError as exc:
-        raise _fail(exc) from None
+    code = run_agent(config, log_level)
+    if code:
+        raise typer.Exit(code)
 
 
 def _fmt_age(seconds: float | None) -> str:
@@ -112,7 +81,7 @@ def status_cmd(
         ("last seq", str(stats.last_seq)),
         (
             "backlog",
-            f"{stats.backlog} (pending {stats.pending}, in flight {stats.inflight}, "
+            f"{stats.backlog} (not yet at the broker {stats.pending}, "
             f"awaiting confirmation {stats.sent_unconfirmed})",
         ),
         ("outbox size", f"{stats.bytes_used / 1e6:.2f} MB of {stats.max_bytes / 1e6:.0f} MB"),

@@ -1,7 +1,7 @@
 """The agent's durable outbox: every reading is written here before it is published.
 
-A reading moves pending -> inflight (handed to the MQTT client) -> sent (the broker's PUBACK) and
-is deleted only when the aggregator confirms it stored it. A PUBACK is not enough: the broker may
+A reading moves pending -> in flight (handed to the MQTT client) -> sent (the broker's PUBACK)
+and is deleted only when the aggregator confirms it stored it. A PUBACK is not enough: the broker may
 lose it (autosave, queue limits). Sent readings not confirmed in time go back to pending, with an
 exponential back-off per reading, so a silent aggregator costs bounded traffic.
 
@@ -16,7 +16,9 @@ on an SD card at about half the write rate (measured in bench/RESULTS.md).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import math
 import os
 import sqlite3
 import time
@@ -34,8 +36,10 @@ ROW_OVERHEAD = 48  # bytes a row costs beyond its strings, roughly (ints, floats
 
 
 class State(IntEnum):
+    """Persisted states. "In flight" is kept in memory only: after a crash it is pending anyway,
+    and not writing it saves an index update per reading on the drain path."""
+
     PENDING = 0
-    INFLIGHT = 1
     SENT = 2
 
 
@@ -65,8 +69,7 @@ class Sample:
 class OutboxStats:
     epoch: str
     backlog: int  # readings not yet confirmed
-    pending: int
-    inflight: int
+    pending: int  # not yet acknowledged by the broker (includes what is in flight)
     sent_unconfirmed: int
     bytes_used: int
     max_bytes: int
@@ -156,7 +159,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     resend_at REAL,
     size INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_state_seq ON outbox(state, seq);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) WHERE state=0;
 """
 
 _COUNTERS = ("next_seq", "dropped", "dropped_unconfirmed", "published", "confirmed")
@@ -201,14 +204,23 @@ class Outbox:
         try:
             self._db.executescript(_SCHEMA)
             self._init_meta()
-            # After a crash nothing is in flight any more: those readings are pending again.
-            self._db.execute("UPDATE outbox SET state=0 WHERE state=1")
             count, used = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size),0) FROM outbox").fetchone()
+            sent, earliest = self._db.execute(
+                "SELECT COUNT(*), MIN(resend_at) FROM outbox WHERE state=2"
+            ).fetchone()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise OutboxError(f"outbox {self.path} is unusable: {exc}") from exc
         self._count: int = count
         self._bytes: int = used
+        self._sent: int = sent
+        self._earliest_resend: float = earliest if earliest is not None else math.inf
+        # In flight: claimed ranges awaiting PUBACK. Claims walk forward from a cursor per
+        # stream; the cursors rewind (to pick up re-queued readings) only when nothing is in
+        # flight, so a reading is never in flight twice.
+        self._inflight: list[tuple[int, int]] = []
+        self._cursors: dict[int, int] = {}
+        self._rewind_wanted = False
 
     # -- meta -----------------------------------------------------------------------------
 
@@ -311,47 +323,62 @@ class Outbox:
             "SELECT COUNT(*), COALESCE(SUM(size),0) FROM outbox"
         ).fetchone()
 
+    def _in_flight(self, seq: int) -> bool:
+        return any(a <= seq <= b for a, b in self._inflight)
+
     def _drop_oldest(self, need: int) -> int:
         """Free `need` bytes: the oldest never-published readings first (their loss is certain),
-        then, only if nothing unsent is left, the oldest awaiting confirmation."""
+        then, only if nothing unsent is left, the oldest in flight or awaiting confirmation."""
         freed = 0
-        for states, counter in (((0,), "dropped"), ((1, 2), "dropped_unconfirmed")):
-            marks = ",".join("?" * len(states))
-            while freed < need:
-                rows = self._db.execute(
-                    f"SELECT seq, size FROM outbox WHERE state IN ({marks}) ORDER BY seq LIMIT 512",  # noqa: S608
-                    states,
-                ).fetchall()
-                if not rows:
-                    break
-                last = None
-                n = 0
-                for seq, size in rows:
+        victims: list[tuple[int, int, int]] = []
+        after = 0
+        while freed < need:
+            rows = self._db.execute(
+                "SELECT seq, size FROM outbox WHERE state=0 AND seq>? ORDER BY seq LIMIT 512", (after,)
+            ).fetchall()
+            if not rows:
+                break
+            after = rows[-1][0]
+            for seq, size in rows:
+                if not self._in_flight(seq):
+                    victims.append((seq, size, State.PENDING))
                     freed += size
-                    last = seq
-                    n += 1
                     if freed >= need:
                         break
-                self._db.execute(
-                    f"DELETE FROM outbox WHERE state IN ({marks}) AND seq <= ?",  # noqa: S608
-                    (*states, last),
-                )
-                self._counters[counter] += n
-                self._count -= n
-                self._bytes -= sum(size for _, size in rows[:n])
-            if freed >= need:
-                break
+        counter_rows = {"dropped": len(victims)}
+        if freed < need:
+            unconfirmed = 0
+            taken = {v[0] for v in victims}
+            for seq, size, state in self._db.execute("SELECT seq, size, state FROM outbox ORDER BY seq"):
+                if seq in taken:
+                    continue
+                victims.append((seq, size, state))
+                unconfirmed += 1
+                freed += size
+                if freed >= need:
+                    break
+            counter_rows["dropped_unconfirmed"] = unconfirmed
+        self._db.executemany("DELETE FROM outbox WHERE seq=?", [(v[0],) for v in victims])
+        for name, n in counter_rows.items():
+            self._counters[name] += n
+        self._count -= len(victims)
+        self._bytes -= sum(v[1] for v in victims)
+        self._sent -= sum(1 for v in victims if v[2] == State.SENT)
         return freed
 
     def claim(
         self, *, min_seq: int = 0, max_seq: int | None = None, limit: int, max_bytes: int
     ) -> list[OutboxRow]:
-        """Mark the oldest pending readings in [min_seq, max_seq) inflight and return them."""
+        """Take the oldest pending readings in [min_seq, max_seq) in flight and return them."""
+        if self._rewind_wanted and not self._inflight:
+            self._cursors.clear()
+            self._rewind_wanted = False
         hi = max_seq if max_seq is not None else 2**62
+        start = max(min_seq, self._cursors.get(min_seq, min_seq))
         rows = self._db.execute(
             "SELECT seq, ts, sensor, metric, value, unit, size FROM outbox "
             "WHERE state=0 AND seq>=? AND seq<? ORDER BY seq LIMIT ?",
-            (min_seq, hi, limit),
+            (start, hi, limit),
         ).fetchall()
         out: list[OutboxRow] = []
         acc = 0
@@ -361,74 +388,95 @@ class Outbox:
                 break
             out.append(OutboxRow(*row))
         if out:
-            self._db.execute(
-                "UPDATE outbox SET state=1 WHERE state=0 AND seq BETWEEN ? AND ?", (out[0].seq, out[-1].seq)
-            )
+            self._cursors[min_seq] = out[-1].seq + 1
+            self._inflight.append((out[0].seq, out[-1].seq))
         return out
 
-    def oldest_pending(self, *, min_seq: int = 0) -> tuple[int, float] | None:
-        """The oldest pending reading's (seq, ts) at or above min_seq: what lingers longest."""
-        row = self._db.execute(
-            "SELECT seq, ts FROM outbox WHERE state=0 AND seq>=? ORDER BY seq LIMIT 1", (min_seq,)
-        ).fetchone()
-        return (int(row[0]), float(row[1])) if row else None
+    @property
+    def inflight(self) -> int:
+        """Messages handed to the client and not yet acknowledged by the broker."""
+        return len(self._inflight)
 
-    def count_pending(self, *, min_seq: int = 0) -> int:
-        row = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state=0 AND seq>=?", (min_seq,)).fetchone()
-        return int(row[0])
+    def _end_flight(self, first: int, last: int) -> None:
+        with contextlib.suppress(ValueError):
+            self._inflight.remove((first, last))
 
     def mark_sent(self, ranges: Iterable[tuple[int, int]]) -> None:
         """The broker acknowledged these: wait for the aggregator's confirmation, with back-off."""
-        now = time.time()
-        params = [(now, self.ack_timeout_s, self.ack_timeout_max_s, a, b) for a, b in ranges]
-        if not params:
+        ranges = list(ranges)
+        if not ranges:
             return
+        now = time.time()
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             published = 0
-            for p in params:
-                cur = db.execute(
+            for a, b in ranges:
+                published += db.execute(
                     "UPDATE outbox SET state=2, attempts=attempts+1, "
                     "resend_at=?1 + min(?2 * (1 << min(attempts, 16)), ?3) "
-                    "WHERE state=1 AND seq BETWEEN ?4 AND ?5",
-                    p,
-                )
-                published += cur.rowcount
+                    "WHERE state=0 AND seq BETWEEN ?4 AND ?5",
+                    (now, self.ack_timeout_s, self.ack_timeout_max_s, a, b),
+                ).rowcount
             self._counters["published"] += published
             self._save_counters("published")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        for a, b in ranges:
+            self._end_flight(a, b)
+        self._sent += published
+        if published:
+            self._earliest_resend = min(self._earliest_resend, now + self.ack_timeout_s)
 
     def release_inflight(self) -> int:
         """The connection died before these were acknowledged: they are pending again."""
-        return self._db.execute("UPDATE outbox SET state=0 WHERE state=1").rowcount
+        n = len(self._inflight)
+        self._inflight.clear()
+        self._cursors.clear()
+        self._rewind_wanted = False
+        return n
 
     def release(self, first: int, last: int) -> None:
-        self._db.execute("UPDATE outbox SET state=0 WHERE state=1 AND seq BETWEEN ? AND ?", (first, last))
+        """The client did not take this claim: it is pending again."""
+        self._end_flight(first, last)
+        self._rewind_wanted = True
 
     def requeue_overdue(self) -> int:
         """Sent readings whose confirmation is overdue go back to pending (they are resent)."""
-        return self._db.execute(
-            "UPDATE outbox SET state=0 WHERE state=2 AND resend_at<=?", (time.time(),)
-        ).rowcount
+        now = time.time()
+        if self._sent <= 0 or now < self._earliest_resend:
+            return 0
+        n: int = self._db.execute("UPDATE outbox SET state=0 WHERE state=2 AND resend_at<=?", (now,)).rowcount
+        earliest = self._db.execute("SELECT MIN(resend_at) FROM outbox WHERE state=2").fetchone()[0]
+        self._earliest_resend = earliest if earliest is not None else math.inf
+        self._sent -= n
+        if n:
+            self._rewind_wanted = True
+        return n
 
     def confirm(self, ranges: Iterable[tuple[int, int]]) -> int:
         """The aggregator stored these seqs: delete them. Returns how many were deleted."""
         db = self._db
-        deleted = freed = published = 0
+        deleted = freed = published = sent_gone = 0
+        unsent: list[int] = []
         db.execute("BEGIN IMMEDIATE")
         try:
             for a, b in ranges:
-                for size, state in db.execute(
-                    "DELETE FROM outbox WHERE seq BETWEEN ? AND ? RETURNING size, state", (a, b)
+                for seq, size, state in db.execute(
+                    "DELETE FROM outbox WHERE seq BETWEEN ? AND ? RETURNING seq, size, state", (a, b)
                 ).fetchall():
                     deleted += 1
                     freed += size
-                    # Confirmed before its PUBACK was processed: it was published all the same.
-                    published += state == State.INFLIGHT
+                    if state == State.SENT:
+                        sent_gone += 1
+                    else:
+                        unsent.append(seq)
+            # Confirmed before its PUBACK was processed: published all the same.
+            unsent.sort()
+            for a, b in self._inflight:
+                published += bisect.bisect_right(unsent, b) - bisect.bisect_left(unsent, a)
             self._counters["confirmed"] += deleted
             self._counters["published"] += published
             self._save_counters("confirmed", "published")
@@ -438,6 +486,7 @@ class Outbox:
             raise
         self._count -= deleted
         self._bytes -= freed
+        self._sent -= sent_gone
         return deleted
 
     # -- reads ----------------------------------------------------------------------------
@@ -472,14 +521,14 @@ def _stats(db: sqlite3.Connection, max_bytes: int, free_disk: int | None) -> Out
         for s, n, b in db.execute("SELECT state, COUNT(*), COALESCE(SUM(size),0) FROM outbox GROUP BY state")
     }
     now = time.time()
-    oldest_unsent = db.execute("SELECT MIN(ts) FROM outbox WHERE state IN (0,1)").fetchone()[0]
+    oldest_unsent = db.execute("SELECT ts FROM outbox WHERE state=0 ORDER BY seq LIMIT 1").fetchone()
+    oldest_unsent = oldest_unsent[0] if oldest_unsent else None
     oldest = db.execute("SELECT ts FROM outbox ORDER BY seq LIMIT 1").fetchone()
     rate = meta.get("confirm_rate")
     return OutboxStats(
         epoch=str(meta["epoch"]),
         backlog=sum(n for n, _ in by_state.values()),
         pending=by_state.get(State.PENDING, (0, 0))[0],
-        inflight=by_state.get(State.INFLIGHT, (0, 0))[0],
         sent_unconfirmed=by_state.get(State.SENT, (0, 0))[0],
         bytes_used=sum(b for _, b in by_state.values()),
         max_bytes=max_bytes,

@@ -1,48 +1,21 @@
-"""The one `edgewatch` command. Sub-apps live with the package that owns the work.
+"""Entry point of the `edgewatch` command.
 
-Every sub-app module imports only typer at module level and its heavy dependencies inside the
-command body, so `edgewatch agent run` on a Pi never imports river, numpy or aiomqtt.
+`edgewatch agent run` takes a fast path that does not import typer: on a device the agent is
+the only command that runs for long, and its memory budget is tight. Everything else, including
+`edgewatch agent run --help`, goes through the typer app in edgewatch.app.
 """
 
 from __future__ import annotations
 
-import typer
-
-from cloud import cli as cloud_cli
-from cloud import cli_detect
-from edge import cli as edge_cli
-from edgewatch import __version__
-from simulators import cli as sim_cli
-
-app = typer.Typer(
-    name="edgewatch",
-    help="IoT edge telemetry: agent, aggregator, simulators and the operator's view of alerts.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"edgewatch {__version__}")
-        raise typer.Exit
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """edgewatch: sample sensors into a no-loss outbox, ship them over MQTT, detect anomalies."""
-
-
-app.add_typer(edge_cli.app, name="agent")
-for sub_app, name in cloud_cli.SUB_APPS:
-    app.add_typer(sub_app, name=name)
-for command, name in (*cloud_cli.COMMANDS, *cli_detect.COMMANDS, *sim_cli.COMMANDS):
-    app.command(name)(command)
+import sys
 
 
 def main() -> None:
+    argv = sys.argv[1:]
+    if argv[:2] == ["agent", "run"] and not {"--help", "-h"} & set(argv):
+        from edge.runner import main as run_agent_main
+
+        sys.exit(run_agent_main(argv[2:]))
+    from edgewatch.app import app
+
     app()
