@@ -117,6 +117,8 @@ class Agent:
         self.confirm_rate = 0.0
         self.connects = 0
         self.acks_ignored = 0
+        self.sampling = True  # a simulated fleet turns this off to drain before it stops
+        self._link_down_until = 0.0
 
     # -- sensors --------------------------------------------------------------------------
 
@@ -334,18 +336,27 @@ class Agent:
         remaining = self._live_since + self.config.publish.linger_s - time.monotonic()
         return max(0.0, min(self.IDLE_WAKEUP_S, remaining))
 
+    def cut_link(self, seconds: float) -> None:
+        """Simulate a network outage: drop the connection abruptly (the broker sends our last
+        will) and do not reconnect for `seconds`. Sampling goes on into the outbox."""
+        self._link_down_until = time.monotonic() + seconds
+        if self.link is not None:
+            self.link.abort()
+            self.link.lost_reason = "link cut"
+            self._on_link_lost()
+
     def step(self, timeout: float | None = None) -> None:
         """One turn: sample (inline mode), store samples, keep the link, publish, settle acks.
 
         Blocks in the socket wait (a PUBACK or an ack wakes it) for at most `timeout`, by
         default until the next thing due, so an idle agent wakes a few times a second.
         """
-        if not self.threaded:
+        if not self.threaded and self.sampling:
             self.sample_due()
         self.flush_samples()
         now = time.monotonic()
         if self.link is None:
-            if now >= self._reconnect_at:
+            if now >= self._reconnect_at and now >= self._link_down_until:
                 self._connect()
             if self.link is None:
                 budget = self.IDLE_WAKEUP_S if timeout is None else timeout

@@ -177,6 +177,11 @@ class Link:
         self._close_socket()
         self.connected = False
 
+    def abort(self) -> None:
+        """Drop the connection without a DISCONNECT, as a pulled cable would."""
+        self._close_socket()
+        self.connected = False
+
     def _close_socket(self) -> None:
         sock = self.client.socket()
         if sock is not None:

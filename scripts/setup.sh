@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Prepares a fresh Debian/Ubuntu machine: mosquitto (with apt-get when root), a venv in .venv with
+# edgewatch and the extras named in $1 (default: dev). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-dev}"
+
+need_apt=()
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  need_apt+=(mosquitto mosquitto-clients)
+fi
+if ! python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+  echo "edgewatch needs Python >= 3.11 (found: $(python3 --version 2>&1))" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  need_apt+=(python3-venv)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "missing system packages: ${need_apt[*]}" >&2
+    echo "run: sudo apt-get install -y ${need_apt[*]}   (then run this command again)" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]" 2>&1 \
+  | { grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true; }
