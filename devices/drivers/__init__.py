@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from importlib.metadata import entry_points
 from typing import Any
 
 from devices.drivers.base import SensorDriver
@@ -26,6 +25,8 @@ ENTRY_POINT_GROUP = "edgewatch.drivers"
 
 
 def _plugin_drivers() -> dict[str, str]:
+    from importlib.metadata import entry_points  # noqa: PLC0415 - ~40 ms, only for plugins
+
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
