@@ -40,6 +40,11 @@ def simulate(
         str, typer.Option(help=f"Fault kinds: all, none, or some of {','.join(FAULT_KINDS)}.")
     ] = "all",
     faults_per_day: Annotated[float, typer.Option(help="Faults per stream per virtual day.")] = 2.0,
+    first_fault_after: Annotated[
+        float, typer.Option(help="Virtual seconds of clean warm-up before faults.")
+    ] = 0.0,
+    fault_min_gap: Annotated[float, typer.Option(help="Virtual seconds between faults on a stream.")] = 3
+    * 3600.0,
     link_outages: Annotated[float, typer.Option(help="Network outages per device over the run.")] = 0.0,
     labels: Annotated[Path | None, typer.Option(help="Write injected faults here (JSON lines).")] = None,
     outbox_dir: Annotated[
@@ -73,6 +78,8 @@ def simulate(
         seed=seed,
         fault_kinds=_parse_faults(faults),
         faults_per_day=faults_per_day,
+        first_fault_after_s=first_fault_after,
+        fault_min_gap_s=fault_min_gap,
         link_outages=link_outages,
         outbox_dir=outbox_dir,
         outbox_max_bytes=outbox_max_bytes,
@@ -105,4 +112,50 @@ def simulate(
         sys.stdout.write(text + "\n")
 
 
-COMMANDS: list[tuple[Callable[..., Any], str]] = [(simulate, "simulate")]
+def demo(
+    broker: Annotated[
+        str | None, typer.Option(help="Use this broker instead of starting one (mqtt://host:port).")
+    ] = None,
+    devices: Annotated[int, typer.Option(min=1, help="Simulated devices.")] = 12,
+    speed: Annotated[float, typer.Option(min=1, help="Virtual seconds per real second.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Same seed, same fleet and faults.")] = 0,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Database, labels and logs (default ~/.local/share/edgewatch/demo).")
+    ] = None,
+    broker_kind: Annotated[
+        str, typer.Option(help="auto (mosquitto if installed, else amqtt), mosquitto or amqtt.", hidden=True)
+    ] = "auto",
+    seconds: Annotated[float | None, typer.Option(help="Stop by itself after this many seconds.")] = None,
+) -> None:
+    """See it work in one command: broker, aggregator, a fleet with faults, alerts live. Ctrl-C stops.
+
+    Example: edgewatch demo
+    """
+    from rich.console import Console
+
+    from simulators.demo import DemoError, default_data_dir, run_demo
+
+    console = Console(highlight=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        shown = run_demo(
+            broker_url=broker,
+            data_dir=data_dir or default_data_dir(),
+            devices=devices,
+            speed=speed,
+            seed=seed,
+            emit=console.print,
+            stop=stop,
+            broker_kind=broker_kind,
+            max_seconds=seconds,
+        )
+    except DemoError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    db = (data_dir or default_data_dir()) / "demo.db"
+    console.print(f"stopped; {shown} alert events shown. Explore: edgewatch alerts list --db {db}")
+
+
+COMMANDS: list[tuple[Callable[..., Any], str]] = [(simulate, "simulate"), (demo, "demo")]
