@@ -61,6 +61,10 @@ def simulate(
         float, typer.Option(help="Seconds to wait for confirmations at the end.")
     ] = 60.0,
     device_prefix: Annotated[str, typer.Option(help="Device ids are PREFIX-0000, PREFIX-0001, ...")] = "sim",
+    start: Annotated[
+        float | None,
+        typer.Option(help="Virtual start time, unix seconds (default now); fix it to repeat a run."),
+    ] = None,
 ) -> None:
     """Run a fleet of simulated devices through the real agent code (outbox, MQTT, confirmations).
 
@@ -86,6 +90,7 @@ def simulate(
         ack_timeout_s=ack_timeout,
         drain_timeout_s=drain_timeout,
         device_prefix=device_prefix,
+        start_ts=start,
     )
     try:
         fleet = Fleet(spec)

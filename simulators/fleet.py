@@ -57,6 +57,7 @@ class FleetSpec:
     drain_timeout_s: float = 60.0
     device_prefix: str = "sim"
     username: str | None = None
+    start_ts: float | None = None  # virtual time of the first sample (default: now); fixes labels
 
 
 @dataclass(slots=True)
@@ -107,7 +108,7 @@ class VirtualClock:
 class Fleet:
     def __init__(self, spec: FleetSpec, *, clock: Callable[[], float] | None = None) -> None:
         self.spec = spec
-        self.clock = clock or VirtualClock(spec.speed)
+        self.clock = clock or VirtualClock(spec.speed, start=spec.start_ts)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if spec.outbox_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="edgewatch-sim-")
@@ -120,7 +121,7 @@ class Fleet:
         self.agents: list[Agent] = []
         self.first_seq: dict[str, int] = {}
         self.outages: dict[str, int] = {}
-        start = self.clock()
+        start = spec.start_ts if spec.start_ts is not None else self.clock()
         span = spec.duration_s * spec.speed
         period = 1.0 / spec.rate_hz
         for i in range(spec.devices):
