@@ -148,13 +148,20 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> AgentConf
     username = broker.get("username", str, url.username)
     password = broker.get("password", str, url.password)
     url = BrokerURL(url.host, url.port, url.tls, username, password)
+    base = Path(source).parent if source != "<config>" else Path.cwd()
+
+    def _file(key: str) -> str | None:
+        # Relative paths are relative to the config file, like the outbox path.
+        value: str | None = broker.get(key, str, None)
+        return None if value is None else str(base / Path(value).expanduser())
+
     broker_cfg = BrokerConfig(
         url=url,
         client_id=broker.get("client_id", str, f"edgewatch-agent-{device_id}"),
         keepalive_s=broker.get("keepalive_s", int, 30, positive=True),
-        ca_file=broker.get("ca_file", str, None),
-        cert_file=broker.get("cert_file", str, None),
-        key_file=broker.get("key_file", str, None),
+        ca_file=_file("ca_file"),
+        cert_file=_file("cert_file"),
+        key_file=_file("key_file"),
     )
     broker.check_unknown()
 
@@ -165,7 +172,6 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> AgentConf
     sync = outbox.get("synchronous", str, Synchronous.NORMAL.value).upper()
     if sync not in set(Synchronous):
         raise outbox.fail("synchronous", f"must be NORMAL or FULL, got {sync!r}")
-    base = Path(source).parent if source != "<config>" else Path.cwd()
     path = Path(outbox.get("path", str)).expanduser()
     outbox_cfg = OutboxConfig(
         path=path if path.is_absolute() else base / path,

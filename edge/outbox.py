@@ -516,6 +516,8 @@ class Outbox:
 
 def _stats(db: sqlite3.Connection, max_bytes: int, free_disk: int | None) -> OutboxStats:
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    if "epoch" not in meta:
+        raise OutboxError("the outbox is still being created; try again in a moment")
     by_state = {
         State(s): (n, b)
         for s, n, b in db.execute("SELECT state, COUNT(*), COALESCE(SUM(size),0) FROM outbox GROUP BY state")
