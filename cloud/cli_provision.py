@@ -26,7 +26,12 @@ def provision_cmd(
             show_default=False,
         ),
     ],
-    out: Annotated[Path, typer.Option(help="Bundles are written to OUT/<name>/.")] = Path("provisioned"),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Bundles are written to OUT/<name>/ (default: BROKER_DIR/bundles).", show_default=False
+        ),
+    ] = None,
     ca: Annotated[
         Path | None,
         typer.Option(help="The CA from deploy/make-ca.sh (default: BROKER_DIR/certs).", show_default=False),
@@ -46,7 +51,10 @@ def provision_cmd(
     ] = False,
     install_dir: Annotated[
         str | None,
-        typer.Option(help="Where the bundle goes on its host (default /etc/edgewatch).", show_default=False),
+        typer.Option(
+            help="Where the bundle goes on its host (default /etc/edgewatch, or /etc/edgewatch-cloud).",
+            show_default=False,
+        ),
     ] = None,
     state_dir: Annotated[str, typer.Option(help="The device's outbox directory.")] = "/var/lib/edgewatch",
     cloud_db: Annotated[
@@ -92,9 +100,14 @@ def provision_cmd(
     typer.echo(f"{result.role} {result.name}: bundle {result.bundle}/")
     for change in result.changes or ("already provisioned; nothing changed",):
         typer.echo(f"  {change}")
-    if result.reload_broker:
+    if rotate:
+        typer.echo(
+            f"next: install {result.bundle}/ where it is used, then reload the broker "
+            "(systemctl reload mosquitto): the old credential is refused from then on"
+        )
+    elif result.reload_broker:
         typer.echo("next: reload the broker so it re-reads its files: systemctl reload mosquitto")
-    if result.role == "device" and result.changes:
+    if result.role == "device" and result.changes and not rotate:
         typer.echo(f"then: copy {result.bundle}/ to the device and run deploy/install-agent.sh --config DIR")
 
 
