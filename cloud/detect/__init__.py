@@ -10,12 +10,17 @@ from cloud.detect.base import StreamDetector, Verdict
 
 DEFAULT_DETECTOR = "default"
 DETECTORS: dict[str, str] = {
-    "default": "cloud.detect.simple:EwmaDetector",
+    "default": "cloud.detect.sensor:SensorDetector",
+    "sensor": "cloud.detect.sensor:SensorDetector",
+    "hst": "cloud.detect.hst:HalfSpaceTreesDetector",
+    "gaussian": "cloud.detect.gaussian:GaussianDetector",
+    "ewma": "cloud.detect.simple:EwmaDetector",
 }
+"""Name -> "module:Class". Only the named module is imported (river only for hst/gaussian)."""
 
 
 class UnknownDetector(ValueError):
-    pass
+    """No detector is registered under that name."""
 
 
 def make_detector(name: str = DEFAULT_DETECTOR, *, seed: int = 0) -> StreamDetector:
@@ -34,4 +39,12 @@ def detector_from_bytes(blob: bytes) -> StreamDetector:
     return detector
 
 
-__all__ = ["DEFAULT_DETECTOR", "DETECTORS", "StreamDetector", "Verdict", "detector_from_bytes", "make_detector"]
+__all__ = [
+    "DEFAULT_DETECTOR",
+    "DETECTORS",
+    "StreamDetector",
+    "UnknownDetector",
+    "Verdict",
+    "detector_from_bytes",
+    "make_detector",
+]

@@ -3,6 +3,16 @@
 One detector instance watches one (device, metric) stream. River's convention holds: score a
 point before learning it, a higher score is more anomalous, and a point the detector flags is not
 learned (so a long fault does not become the new normal).
+
+Conventions every registered detector keeps (tests/test_detectors.py checks them):
+- `score_one` never changes state, so a late (backfilled) reading can be scored alone.
+- A NaN or infinite value is never learned; `process` returns `Verdict(1.0, True)` for it (a
+  sensor that reports a non-number is faulty) and `score_one` returns 1.0.
+- The first readings of a stream are a warm-up (score 0, never flagged), and nothing is
+  flagged before the detector has calibrated (the default: 20 readings of warm-up, no
+  anomalous verdict before the 60th reading).
+- `to_bytes()` is a pickle restored by `cloud.detect.detector_from_bytes`; a restored detector
+  gives exactly the verdicts the original would have given. State is bounded per stream.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""A placeholder-free minimal detector: EWMA mean/variance with a z-score threshold.
+"""A minimal baseline: EWMA mean/variance with a fixed z-score threshold (not calibrated).
 
-Kept as a cheap baseline; the calibrated default lives in its own module.
+Kept as the cheapest reference point; the calibrated default lives in `cloud.detect.sensor`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,15 @@ from cloud.detect.base import Verdict
 
 
 class EwmaDetector:
+    """EWMA z-score, flagged at a fixed z of 6 (score 0.5).
+
+    >>> det = EwmaDetector()
+    >>> for i in range(100):
+    ...     _ = det.process(float(i), 10.0 + (i % 3) / 10)
+    >>> det.process(100.0, 10.1).anomalous, det.process(101.0, 20.0).anomalous
+    (False, True)
+    """
+
     name = "ewma"
 
     def __init__(self, *, seed: int = 0, alpha: float = 0.05, z: float = 6.0, warmup: int = 20) -> None:
@@ -26,7 +35,9 @@ class EwmaDetector:
         return max(math.sqrt(self.var), 1e-6 + abs(self.mean) * 1e-3)
 
     def score_one(self, ts: float, value: float) -> float:
-        if self.n < self.warmup or not math.isfinite(value):
+        if not math.isfinite(value):
+            return 1.0
+        if self.n < self.warmup:
             return 0.0
         zscore = abs(value - self.mean) / self._std()
         return zscore / (zscore + self.z)
@@ -43,6 +54,8 @@ class EwmaDetector:
         self.var = (1 - self.alpha) * (self.var + self.alpha * delta * delta)
 
     def process(self, ts: float, value: float) -> Verdict:
+        if not math.isfinite(value):
+            return Verdict(1.0, True)
         score = self.score_one(ts, value)
         anomalous = score >= 0.5
         if not anomalous:
