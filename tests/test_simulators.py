@@ -96,27 +96,32 @@ def test_soak_outages_broker_restart_and_aggregator_kill(tmp_path: Path, broker:
     seconds = float(os.environ.get("EDGEWATCH_SOAK_SECONDS", "50"))
     db, log = tmp_path / "cloud.db", tmp_path / "aggregator.log"
     aggregator = start_aggregator(broker, db, log)
-    spec = FleetSpec(
-        broker.url, devices=devices, rate_hz=2.0, duration_s=seconds, speed=1.0, seed=11,
-        faults_per_day=0, link_outages=1.0, outage_s=(3.0, 12.0),
-        outbox_dir=tmp_path / "outboxes", outbox_max_bytes=40 * 64,  # ~40 readings: outages drop
-        ack_timeout_s=4.0, drain_timeout_s=90.0,
-    )  # fmt: skip
-    fleet = Fleet(spec)
-    result: list[object] = []
-    runner = threading.Thread(target=lambda: result.append(fleet.run()))
-    runner.start()
-    time.sleep(seconds * 0.3)
-    broker.restart(downtime=2.0)
-    time.sleep(seconds * 0.2)
-    aggregator.send_signal(signal.SIGKILL)
-    aggregator.wait(10)
-    time.sleep(2.0)
-    aggregator = start_aggregator(broker, db, log)
-    runner.join(timeout=seconds + 150)
-    assert not runner.is_alive()
-    aggregator.send_signal(signal.SIGTERM)
-    assert aggregator.wait(30) == 0, log.read_text()[-2000:]
+    try:
+        spec = FleetSpec(
+            broker.url, devices=devices, rate_hz=2.0, duration_s=seconds, speed=1.0, seed=11,
+            faults_per_day=0, link_outages=1.0, outage_s=(3.0, 12.0),
+            outbox_dir=tmp_path / "outboxes", outbox_max_bytes=40 * 64,  # ~40 readings: outages drop
+            ack_timeout_s=4.0, drain_timeout_s=90.0,
+        )  # fmt: skip
+        fleet = Fleet(spec)
+        result: list[object] = []
+        runner = threading.Thread(target=lambda: result.append(fleet.run()))
+        runner.start()
+        time.sleep(seconds * 0.3)
+        broker.restart(downtime=2.0)
+        time.sleep(seconds * 0.2)
+        aggregator.send_signal(signal.SIGKILL)
+        aggregator.wait(10)
+        time.sleep(2.0)
+        aggregator = start_aggregator(broker, db, log)
+        runner.join(timeout=seconds + 150)
+        assert not runner.is_alive()
+        aggregator.send_signal(signal.SIGTERM)
+        assert aggregator.wait(30) == 0, log.read_text()[-2000:]
+    finally:
+        if aggregator.poll() is None:
+            aggregator.kill()
+            aggregator.wait()
 
     summary = result[0]
     stored = stored_seqs(db)
