@@ -113,7 +113,7 @@ def test_sigterm_stops_cleanly_and_status_reads_the_outbox(tmp_path: Path, broke
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*EDGEWATCH, *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([*EDGEWATCH, *args], check=False, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -185,7 +185,10 @@ def test_unreadable_sensor_never_stops_the_others(tmp_path: Path, broker: Mosqui
     config = write_config(
         tmp_path,
         broker.url,
-        extra=f"\n[[sensors]]\nname = 'bad'\ndriver = 'command'\ninterval_s = 0.2\nparams = {{ {failing} }}\n",
+        extra=(
+            f"\n[[sensors]]\nname = 'bad'\ndriver = 'command'\ninterval_s = 0.2\n"
+            f"params = {{ {failing} }}\n"
+        ),
     )
     sample = run_cli("agent", "sample", "--config", str(config))
     assert sample.returncode == 1
