@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import faulthandler
+import logging
+import signal
+import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -11,3 +16,55 @@ cloud_app = typer.Typer(help="Run the cloud aggregator.", no_args_is_help=True)
 
 SUB_APPS: list[tuple[typer.Typer, str]] = [(cloud_app, "cloud")]
 COMMANDS: list[tuple[Callable[..., Any], str]] = []
+
+
+@cloud_app.callback()
+def _cloud() -> None:
+    """The cloud side: ingest every reading exactly once, track the fleet, raise alerts."""
+
+
+@cloud_app.command("run")
+def run_cmd(
+    *,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="mqtt://user:pass@host:port or mqtts://... (default mqtt://127.0.0.1:1883)"),
+    ] = None,
+    db: Annotated[Path | None, typer.Option(help="SQLite file, created if missing.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with an aggregator table (see cloud/config.py).")
+    ] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus port; 0 = off.")] = None,
+    detector: Annotated[str | None, typer.Option(help="Detector name (default: default).")] = None,
+    ca_file: Annotated[Path | None, typer.Option(help="CA bundle for an mqtts:// broker.")] = None,
+    client_id: Annotated[str | None, typer.Option(help="Stable MQTT client id.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug logs every message's msg_id.")] = "info",
+) -> None:
+    """Run the aggregator until SIGINT/SIGTERM; then write, confirm and checkpoint what it has.
+
+    Example: edgewatch cloud run --broker mqtt://127.0.0.1:1883 --db cloud.db --metrics-port 9108
+    """
+    from cloud import service
+    from cloud.config import load_config
+    from devices.errors import EdgewatchError
+
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
+    try:
+        settings = load_config(
+            config,
+            broker=broker,
+            db=str(db) if db is not None else None,
+            metrics_port=metrics_port,
+            detector=detector,
+            ca_file=str(ca_file) if ca_file is not None else None,
+            client_id=client_id,
+        )
+        service.run(settings)
+    except EdgewatchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None

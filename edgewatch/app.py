@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from cloud import cli as cloud_cli
-from cloud import cli_detect, cli_provision
+from cloud import cli_detect, cli_ops, cli_provision
 from edge import cli as edge_cli
 from edgewatch import __version__
 from simulators import cli as sim_cli
@@ -38,7 +38,7 @@ def _root(
 
 
 app.add_typer(edge_cli.app, name="agent")
-for sub_app, name in cloud_cli.SUB_APPS:
+for sub_app, name in (*cloud_cli.SUB_APPS, *cli_ops.SUB_APPS):
     app.add_typer(sub_app, name=name)
 for command, name in (
     *cloud_cli.COMMANDS,

@@ -1,0 +1,832 @@
+"""From MQTT message to stored history: decode, validate, store, detect, alert, confirm.
+
+`decode_inbound` is pure: (topic, payload, received_at) in, one work item out (readings, a
+status, or a dead letter with its reason). It never raises on bad input.
+
+`Pipeline` runs a batch of items through the store in ONE transaction: readings are inserted
+with INSERT OR IGNORE (duplicates counted, not stored), bad ones dead-lettered, new live
+readings scored and learned by their stream's detector, backfilled ones only scored (so a
+drained backlog cannot corrupt the live state), and episode transitions written as alerts plus
+an alert outbox row in the same transaction. Only after COMMIT are the readings' seqs handed to
+the `AckCoalescer`, so a confirmation can never precede durability. The pipeline does no
+network I/O and takes `now` explicitly; `cloud.service` is the asyncio shell around it.
+
+Recovery: detector and episode state are checkpointed with a watermark (the highest reading id
+they had processed). On start the pipeline loads the checkpoint and replays every stored reading
+past the watermark through the same code, in id order: the state ends exactly where it was
+before a crash, and alert ids are deterministic, so a replayed episode is never stored or
+published twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cloud.alerts import (
+    EpisodePolicy,
+    EpisodeTracker,
+    Phase,
+    Presence,
+    SilencePolicy,
+    SilenceTransition,
+    SilenceWatch,
+    Transition,
+    alert_id,
+)
+from cloud.detect import StreamDetector, Verdict, detector_from_bytes, make_detector
+from cloud.errors import StoreError
+from cloud.store import AlertRecord, ReadingRow, Store, StreamCheckpoint
+from devices import wire
+from devices.errors import TopicError, WireError
+from devices.model import (
+    Ack,
+    AlertEvent,
+    AlertKind,
+    AlertState,
+    Reading,
+    ReadingBatch,
+    Status,
+    StatusEvent,
+)
+
+log = logging.getLogger("edgewatch.cloud.ingest")
+
+DEFAULT_MAX_FUTURE = 86_400.0
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding: bytes -> work items (pure)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One MQTT message as the shell received it."""
+
+    topic: str
+    payload: bytes
+    received_at: float
+    retained: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Something that cannot be stored as a reading; kept with its raw bytes and reason."""
+
+    received_at: float
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes | None = None
+    device: str | None = None
+    epoch: str | None = None
+    seq: int | None = None
+    msg_id: str = ""
+
+    def row(self) -> tuple[object, ...]:
+        return (
+            self.received_at,
+            self.topic,
+            self.reason,
+            self.detail,
+            self.device,
+            self.epoch,
+            self.seq,
+            self.msg_id,
+            self.payload,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsItem:
+    topic: str
+    received_at: float
+    late: bool  # came on the backfill topic
+    batch: ReadingBatch
+    accepted: tuple[Reading, ...]
+    dead: tuple[DeadLetter, ...]  # rejected readings (each with its seq when it had one)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusItem:
+    topic: str
+    received_at: float
+    retained: bool
+    status: Status
+
+
+Item = ReadingsItem | StatusItem | DeadLetter
+
+
+def decode_inbound(msg: Inbound, *, max_future: float = DEFAULT_MAX_FUTURE) -> Item:
+    """Classify one message. Never raises: anything wrong becomes a DeadLetter with a reason.
+
+    >>> item = decode_inbound(Inbound("edgewatch/v1/pi-1/telemetry", b"{oops", 1.7e9))
+    >>> (item.reason, item.device)
+    ('malformed_json', 'pi-1')
+    """
+    try:
+        device, kind = wire.parse_topic(msg.topic)
+    except TopicError as exc:
+        return DeadLetter(msg.received_at, msg.topic, "bad_topic", str(exc)[:200], msg.payload)
+    if kind in (wire.TELEMETRY, wire.BACKFILL):
+        return _decode_readings(msg, device, kind == wire.BACKFILL, max_future)
+    if kind == wire.STATUS:
+        try:
+            status = wire.decode_status(msg.payload)
+        except WireError as exc:
+            return DeadLetter(msg.received_at, msg.topic, exc.reason, exc.detail, msg.payload, device)
+        if status.device != device:
+            return DeadLetter(
+                msg.received_at,
+                msg.topic,
+                "device_mismatch",
+                f"payload device {status.device!r} on topic of {device!r}",
+                msg.payload,
+                device,
+            )
+        return StatusItem(msg.topic, msg.received_at, msg.retained, status)
+    return DeadLetter(msg.received_at, msg.topic, "unexpected_topic", kind, msg.payload, device)
+
+
+def _decode_readings(msg: Inbound, device: str, late: bool, max_future: float) -> Item:
+    try:
+        batch = wire.decode_readings(msg.payload)
+    except WireError as exc:
+        return DeadLetter(msg.received_at, msg.topic, exc.reason, exc.detail, msg.payload, device)
+    if batch.device != device:
+        return DeadLetter(
+            msg.received_at,
+            msg.topic,
+            "device_mismatch",
+            f"payload device {batch.device!r} on topic of {device!r}",
+            msg.payload,
+            device,
+            batch.epoch,
+            None,
+            batch.msg_id,
+        )
+    dead = [
+        DeadLetter(
+            msg.received_at,
+            msg.topic,
+            r.reason,
+            f"index {r.index}: {r.raw!r:.200}",
+            None,
+            device,
+            batch.epoch,
+            r.seq,
+            batch.msg_id,
+        )
+        for r in batch.rejected
+    ]
+    accepted = batch.readings
+    limit = msg.received_at + max_future
+    if any(r.ts > limit for r in accepted):
+        dead.extend(
+            DeadLetter(
+                msg.received_at,
+                msg.topic,
+                "future_ts",
+                f"ts {r.ts} is {r.ts - msg.received_at:.0f}s ahead of arrival",
+                None,
+                device,
+                batch.epoch,
+                r.seq,
+                batch.msg_id,
+            )
+            for r in accepted
+            if r.ts > limit
+        )
+        accepted = tuple(r for r in accepted if r.ts <= limit)
+    return ReadingsItem(msg.topic, msg.received_at, late, batch, accepted, tuple(dead))
+
+
+# ---------------------------------------------------------------------------------------------
+# confirmations
+
+
+class AckCoalescer:
+    """Seqs to confirm per (device, epoch), released at most once per `interval` per device.
+
+    Every seq received is confirmed, duplicates included: an agent resends exactly because it
+    missed an earlier confirmation, and it must get one again.
+
+    >>> c = AckCoalescer(interval=1.0)
+    >>> c.add("pi-1", "e1", [1, 2, 3, 7])
+    >>> c.due(10.0)
+    [Ack(device='pi-1', epoch='e1', ranges=((1, 3), (7, 7)), msg_id='')]
+    >>> c.add("pi-1", "e1", [8])
+    >>> c.due(10.5), len(c.due(11.0))
+    ([], 1)
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._pending: dict[str, dict[str, set[int]]] = {}
+        self._last_sent: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, device: str, epoch: str, seqs: Sequence[int]) -> None:
+        if seqs:
+            self._pending.setdefault(device, {}).setdefault(epoch, set()).update(seqs)
+
+    def requeue(self, ack: Ack) -> None:
+        """A confirmation that could not be published goes back in line."""
+        self.add(ack.device, ack.epoch, [s for lo, hi in ack.ranges for s in range(lo, hi + 1)])
+
+    def due(self, now: float) -> list[Ack]:
+        ready = [d for d in self._pending if now - self._last_sent.get(d, -float("inf")) >= self.interval]
+        return self._release(ready, now)
+
+    def drain(self, now: float) -> list[Ack]:
+        """Everything pending, regardless of the interval (shutdown)."""
+        return self._release(list(self._pending), now)
+
+    def _release(self, devices: list[str], now: float) -> list[Ack]:
+        out: list[Ack] = []
+        for device in devices:
+            for epoch, seqs in self._pending.pop(device).items():
+                out.append(Ack(device, epoch, wire.seq_ranges(seqs)))
+            self._last_sent[device] = now
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    detector: str = "default"
+    episodes: EpisodePolicy = field(default_factory=EpisodePolicy)
+    silence: SilencePolicy = field(default_factory=SilencePolicy)
+    late_threshold: float = 0.5
+    max_future: float = DEFAULT_MAX_FUTURE
+    ack_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """An alert message to publish; delete its outbox row once the broker has it."""
+
+    topic: str
+    payload: bytes
+    outbox_id: int
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What one batch did, for metrics and logs."""
+
+    messages: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead: dict[str, int] = field(default_factory=dict)
+    statuses: int = 0
+    alerts_opened: int = 0
+    alerts_closed: int = 0
+    late_alerts: int = 0
+    received_at: list[float] = field(default_factory=list)
+    publications: list[Publication] = field(default_factory=list)
+
+    def count_dead(self, reason: str, n: int = 1) -> None:
+        self.dead[reason] = self.dead.get(reason, 0) + n
+
+    def merge(self, other: BatchReport) -> None:
+        for name in ("messages", "stored", "duplicates", "statuses", "alerts_opened", "alerts_closed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.late_alerts += other.late_alerts
+        for reason, n in other.dead.items():
+            self.count_dead(reason, n)
+        self.received_at.extend(other.received_at)
+        self.publications.extend(other.publications)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Per-transaction accumulators: per-source and per-device deltas are written once a batch."""
+
+    now: float
+    report: BatchReport = field(default_factory=BatchReport)
+    acks: list[tuple[str, str, list[int]]] = field(default_factory=list)
+    sources: dict[int, list[float]] = field(default_factory=dict)  # [stored, rejected, lo, hi, seen]
+    devices: dict[str, list[float]] = field(default_factory=dict)  # [seen_at, messages, readings]
+    messages: list[tuple[object, ...]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class _Stream:
+    """One series' detector and its two episode trackers (live and late)."""
+
+    __slots__ = ("detector", "dirty", "last", "late", "live", "series_id")
+
+    def __init__(
+        self, series_id: int, detector: StreamDetector, live: EpisodeTracker, late: EpisodeTracker
+    ) -> None:
+        self.series_id = series_id
+        self.detector = detector
+        self.live = live
+        self.late = late
+        self.last: Verdict | None = None  # the latest live verdict: late alerts borrow its range
+        self.dirty = True
+
+    def checkpoint(self, detector_name: str) -> StreamCheckpoint:
+        last = self.last
+        tracker = {
+            "live": self.live.to_state(),
+            "late": self.late.to_state(),
+            "last": {
+                "score": last.score,
+                "anomalous": last.anomalous,
+                "expected_low": last.expected_low,
+                "expected_high": last.expected_high,
+            }
+            if last
+            else None,
+        }
+        return StreamCheckpoint(self.series_id, detector_name, self.detector.to_bytes(), json.dumps(tracker))
+
+
+class Pipeline:
+    """The aggregator's core over one Store. Not thread-safe: one batch at a time."""
+
+    def __init__(self, store: Store, settings: PipelineSettings | None = None, *, now: float) -> None:
+        self.settings = settings = settings or PipelineSettings()
+        make_detector(settings.detector)  # fail fast on an unknown name
+        self.store = store
+        self.acks = AckCoalescer(settings.ack_interval)
+        self.silence = SilenceWatch(settings.silence)
+        self._streams: dict[int, _Stream] = {}
+        self._status_ts: dict[str, float] = {}
+        self.replayed = 0
+        self._needs_recovery = True
+        self._recovered: BatchReport | None = None  # alert messages a replay made, to publish
+        self.recover(now)
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def recover(self, now: float) -> int:
+        """(Re)load state from the store: checkpoint, presence, then replay past the watermark.
+
+        If this fails (the store is unusable), the next batch tries again before anything else.
+        """
+        self._needs_recovery = True
+        store, settings = self.store, self.settings
+        watermark, checkpoints = store.load_checkpoint()
+        self._streams = {}
+        for cp in checkpoints:
+            if cp.detector == settings.detector:
+                detector = detector_from_bytes(cp.blob)
+            else:
+                log.warning("series %d: detector changed from %s, starting fresh", cp.series_id, cp.detector)
+                detector = make_detector(settings.detector)
+            state = json.loads(cp.tracker)
+            stream = _Stream(
+                cp.series_id,
+                detector,
+                EpisodeTracker.from_state(state["live"], settings.episodes),
+                EpisodeTracker.from_state(state["late"], settings.episodes),
+            )
+            if state.get("last"):
+                stream.last = Verdict(**state["last"])
+            stream.dirty = False
+            self._streams[cp.series_id] = stream
+        self._status_ts = store.status_times()
+        self.silence = SilenceWatch(settings.silence)
+        silent = {a.device: a.start for a in store.list_alerts(kind="silent", state="open", limit=1 << 30)}
+        for device, _last_seen, online, event in store.presence():
+            if device in silent:
+                self.silence.restore(device, Presence.SILENT, now, since=silent[device])
+            elif not online and event == StatusEvent.SHUTDOWN:
+                self.silence.restore(device, Presence.STOPPED, now)
+            else:  # a grace period from the restart: we could not hear anyone while down
+                self.silence.restore(device, Presence.ONLINE, now)
+        batch = _Batch(now)
+        replayed = 0
+        with store.transaction():
+            chunk: list[ReadingRow] = []
+            chunk_msg = ""
+            for row in store.readings_after(watermark):
+                if row.msg_id != chunk_msg and chunk:
+                    self._detect(chunk, chunk_msg, batch)
+                    chunk = []
+                chunk_msg = row.msg_id
+                chunk.append((0, 0, row.series_id, row.ts, row.value, 0, int(row.late)))
+                replayed += 1
+            if chunk:
+                self._detect(chunk, chunk_msg, batch)
+        if replayed:
+            log.info(
+                "replayed %d readings past checkpoint watermark %d (%d alert transitions were new)",
+                replayed,
+                watermark,
+                len(batch.report.publications),
+            )
+            self.checkpoint(now)
+        self.replayed = replayed
+        self._needs_recovery = False
+        if batch.report.publications:
+            self._recovered = batch.report
+        return replayed
+
+    # -- ingest ---------------------------------------------------------------------------------
+
+    def ingest(self, inbound: Sequence[Inbound], now: float) -> BatchReport:
+        """Decode, store, detect and alert for a batch in one transaction; queue acks after commit."""
+        max_future = self.settings.max_future
+        try:
+            return self.ingest_items([decode_inbound(m, max_future=max_future) for m in inbound], now)
+        except StoreError:
+            raise
+        except Exception as exc:  # a bug (ours or a detector's) must not stall the whole fleet
+            log.exception("internal error in a batch of %d messages; isolating the culprit", len(inbound))
+            self.recover(now)
+            if len(inbound) > 1:
+                merged = BatchReport()
+                for message in inbound:
+                    merged.merge(self.ingest([message], now))
+                return merged
+            m = inbound[0]
+            dead = DeadLetter(m.received_at, m.topic, "internal_error", repr(exc)[:200], m.payload)
+            return self.ingest_items([dead], now)
+
+    def ingest_items(self, items: Sequence[Item], now: float) -> BatchReport:
+        if self._needs_recovery:
+            self.recover(now)
+        batch = _Batch(now)
+        try:
+            with self.store.transaction():
+                for item in items:
+                    batch.report.messages += 1
+                    batch.report.received_at.append(item.received_at)
+                    if isinstance(item, ReadingsItem):
+                        self._readings(item, batch)
+                    elif isinstance(item, StatusItem):
+                        self._status(item, batch)
+                    else:
+                        self._dead_letter(item, batch)
+                self._flush(batch)
+        except StoreError:
+            # Detectors may have learned readings that were rolled back: rebuild from the store.
+            # Nothing was confirmed, so the agents resend and the batch is processed again.
+            self.recover(now)
+            raise
+        for device, epoch, seqs in batch.acks:  # committed: now, and only now, confirmable
+            self.acks.add(device, epoch, seqs)
+        if self._recovered is not None:
+            batch.report.publications[:0] = self._recovered.publications
+            self._recovered = None
+        return batch.report
+
+    def _dead_letter(self, item: DeadLetter, batch: _Batch) -> None:
+        batch.dead.append(item)
+        batch.report.count_dead(item.reason)
+        log.warning(
+            "dead letter %s on %s (%d bytes): %s",
+            item.reason,
+            item.topic,
+            len(item.payload or b""),
+            item.detail[:120],
+        )
+
+    def _flush(self, batch: _Batch) -> None:
+        store = self.store
+        if batch.dead:
+            store.insert_dead_letters([d.row() for d in batch.dead])
+        if batch.messages:
+            store.insert_messages(batch.messages)
+        if batch.sources:
+            store.update_sources(
+                [(int(v[0]), int(v[1]), int(v[2]), int(v[3]), v[4], sid) for sid, v in batch.sources.items()]
+            )
+        if batch.devices:
+            store.touch_devices([(d, v[0], int(v[1]), int(v[2])) for d, v in batch.devices.items()])
+
+    def _readings(self, item: ReadingsItem, batch: _Batch) -> None:
+        store, report = self.store, batch.report
+        msg = item.batch
+        device, epoch, received_at = msg.device, msg.epoch, item.received_at
+        src = store.source_id(device, epoch, received_at)
+        mid = store.next_message_id()
+        late = int(item.late)
+        accepted = item.accepted
+        rows = store.reading_rows(src, device, accepted, mid, late)
+        inserted, first_id = store.insert_readings(rows) if rows else (0, 0)
+        seqs = [r.seq for r in accepted]
+        rejected = 0
+        if item.dead:
+            rejected = store.insert_dead_letters([d.row() for d in item.dead])
+            for d in item.dead:
+                report.count_dead(d.reason)
+                if d.seq is not None:
+                    seqs.append(d.seq)
+            log.warning(
+                "dead-lettered %d readings of %s/%s msg_id=%s: first %s",
+                len(item.dead),
+                device,
+                epoch,
+                msg.msg_id,
+                item.dead[0].reason,
+            )
+        if seqs:
+            batch.acks.append((device, epoch, seqs))
+            lo, hi = min(seqs), max(seqs)
+            acc = batch.sources.get(src)
+            if acc is None:
+                batch.sources[src] = [inserted, rejected, lo, hi, received_at]
+            else:
+                acc[0] += inserted
+                acc[1] += rejected
+                acc[2] = min(acc[2], lo)
+                acc[3] = max(acc[3], hi)
+                acc[4] = max(acc[4], received_at)
+        dev = batch.devices.get(device)
+        if dev is None:
+            batch.devices[device] = [received_at, 1, inserted]
+        else:
+            dev[0] = max(dev[0], received_at)
+            dev[1] += 1
+            dev[2] += inserted
+        duplicates = len(rows) - inserted
+        report.stored += inserted
+        report.duplicates += duplicates
+        if inserted < len(rows) and inserted:  # a partial resend: only what is new counts
+            new = store.seqs_stored_by(src, mid, min(seqs), max(seqs))
+            fresh: list[ReadingRow] = []
+            for row in rows:
+                if row[1] in new:
+                    new.discard(row[1])  # a seq twice in one message counts once
+                    fresh.append(row)
+            rows = fresh
+        elif not inserted:
+            rows = []
+        tss = [row[3] for row in rows]
+        batch.messages.append(
+            (
+                mid,
+                msg.msg_id,
+                device,
+                epoch,
+                "backfill" if late else "telemetry",
+                received_at,
+                msg.sent_at,
+                len(accepted) + len(item.dead),
+                inserted,
+                duplicates,
+                len(item.dead),
+                first_id if inserted else None,
+                first_id + inserted - 1 if inserted else None,
+                min(tss) if tss else None,
+                max(tss) if tss else None,
+            )
+        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "msg_id=%s %s/%s: %d stored, %d duplicate, %d rejected",
+                msg.msg_id,
+                device,
+                epoch,
+                inserted,
+                duplicates,
+                len(item.dead),
+            )
+        transition = self.silence.seen(device, received_at)
+        if transition is not None:
+            self._silence(transition, batch)
+        if rows:
+            self._detect(rows, msg.msg_id, batch)
+
+    def _detect(self, rows: Sequence[ReadingRow], msg_id: str, batch: _Batch) -> None:
+        """Score (and, if live, learn) newly stored readings of one message; feed episode trackers.
+
+        The hottest loop of the aggregator: locals only, and the tracker is consulted only for an
+        anomalous verdict or an open episode.
+        """
+        streams = self._streams
+        new_stream = self._new_stream
+        threshold = self.settings.late_threshold
+        normal = Phase.NORMAL
+        for row in rows:
+            series_id, ts, value = row[2], row[3], row[4]
+            stream = streams.get(series_id)
+            if stream is None:
+                stream = new_stream(series_id)
+            stream.dirty = True
+            if row[6]:  # late: score only, the live state must not learn the backlog
+                score = stream.detector.score_one(ts, value)
+                tracker = stream.late
+                if score < threshold and tracker.phase is normal:
+                    continue
+                last = stream.last
+                verdict = Verdict(
+                    score,
+                    score >= threshold,
+                    last.expected_low if last else None,
+                    last.expected_high if last else None,
+                )
+            else:
+                verdict = stream.last = stream.detector.process(ts, value)
+                tracker = stream.live
+                if not verdict.anomalous and tracker.phase is normal:
+                    continue
+            transition = tracker.observe(ts, value, verdict, msg_id=msg_id)
+            if transition is not None:
+                self._episode(series_id, transition, bool(row[6]), batch)
+
+    def _new_stream(self, series_id: int) -> _Stream:
+        policy = self.settings.episodes
+        stream = _Stream(
+            series_id, make_detector(self.settings.detector), EpisodeTracker(policy), EpisodeTracker(policy)
+        )
+        self._streams[series_id] = stream
+        return stream
+
+    def _status(self, item: StatusItem, batch: _Batch) -> None:
+        status = item.status
+        device = status.device
+        known = self._status_ts.get(device)
+        if item.retained and known is not None and status.ts <= known:
+            return  # the broker repeating a retained status we already applied
+        batch.report.statuses += 1
+        self._status_ts[device] = max(known or 0.0, status.ts)
+        self.store.apply_status(
+            device,
+            event=str(status.event),
+            ts=status.ts,
+            online=status.online,
+            agent_version=status.agent_version,
+            epoch=status.epoch,
+            counters=status.counters,
+            seen_at=item.received_at,
+        )
+        log.info(
+            "status %s from %s (agent %s, epoch %s)", status.event, device, status.agent_version, status.epoch
+        )
+        if status.online:
+            transition = self.silence.seen(device, item.received_at)
+        elif status.event is StatusEvent.SHUTDOWN:
+            transition = self.silence.shutdown(device, item.received_at)
+        else:
+            transition = self.silence.will(device, item.received_at)
+        if transition is not None:
+            self._silence(transition, batch)
+
+    # -- alerts ---------------------------------------------------------------------------------
+
+    def _episode(self, series_id: int, t: Transition, late: bool, batch: _Batch) -> None:
+        info = self.store.series_info(series_id)
+        event = AlertEvent(
+            alert_id=alert_id(info.device, info.sensor, info.metric, AlertKind.ANOMALY, t.start, late=late),
+            device=info.device,
+            metric=info.metric,
+            kind=AlertKind.ANOMALY,
+            state=t.state,
+            start=t.start,
+            end=t.end,
+            peak_score=t.peak_score,
+            value=t.value,
+            expected_low=t.expected_low,
+            expected_high=t.expected_high,
+            severity="warning",
+            late=late,
+            detector=self.settings.detector,
+            msg_id=t.msg_id,
+        )
+        self._record(event, info.sensor, batch)
+
+    def _silence(self, t: SilenceTransition, batch: _Batch) -> None:
+        event = AlertEvent(
+            alert_id=t.alert_id,
+            device=t.device,
+            metric="",
+            kind=AlertKind.SILENT,
+            state=t.state,
+            start=t.start,
+            end=t.end,
+            peak_score=1.0,
+            value=None,
+            expected_low=None,
+            expected_high=None,
+            severity="critical",
+            detector=t.reason,
+        )
+        self._record(event, "", batch)
+
+    def _record(self, e: AlertEvent, sensor: str, batch: _Batch) -> None:
+        """Store the transition; publish it only if it is new (a replay finds it already there)."""
+        store, report, now = self.store, batch.report, batch.now
+        if e.state is AlertState.OPEN:
+            fresh = store.insert_alert(
+                AlertRecord(
+                    alert_id=e.alert_id,
+                    device=e.device,
+                    sensor=sensor,
+                    metric=e.metric,
+                    kind=str(e.kind),
+                    state=str(e.state),
+                    start=e.start,
+                    end=None,
+                    peak_score=e.peak_score,
+                    value=e.value,
+                    expected_low=e.expected_low,
+                    expected_high=e.expected_high,
+                    severity=e.severity,
+                    late=e.late,
+                    detector=e.detector,
+                    msg_id=e.msg_id,
+                    opened_at=now,
+                    closed_at=None,
+                    acked_at=None,
+                    acked_by="",
+                    note="",
+                )
+            )
+        else:
+            fresh = store.close_alert(
+                e.alert_id,
+                end=e.end if e.end is not None else now,
+                closed_at=now,
+                peak_score=e.peak_score,
+                value=e.value,
+                expected_low=e.expected_low,
+                expected_high=e.expected_high,
+            )
+        if not fresh:
+            return
+        if e.state is AlertState.OPEN:
+            report.alerts_opened += 1
+            report.late_alerts += int(e.late)
+        else:
+            report.alerts_closed += 1
+        payload = wire.encode_alert(e)
+        outbox_id = store.enqueue_publication(e.device, payload, now)
+        report.publications.append(Publication(wire.alert_topic(e.device), payload, outbox_id))
+        log.info(
+            "alert %s %s %s %s/%s start=%.3f peak=%.3f late=%s msg_id=%s",
+            e.alert_id,
+            e.state,
+            e.kind,
+            e.device,
+            e.metric or "-",
+            e.start,
+            e.peak_score,
+            e.late,
+            e.msg_id,
+        )
+
+    def detector(self, device: str, sensor: str, metric: str) -> StreamDetector | None:
+        """The live detector of one stream, if it has seen a reading (for inspection and tests)."""
+        sid = self.store.find_series(device, sensor, metric)
+        stream = self._streams.get(sid) if sid is not None else None
+        return stream.detector if stream else None
+
+    # -- periodic work --------------------------------------------------------------------------
+
+    def tick(self, now: float) -> BatchReport:
+        """Open silent alerts for devices overdue at `now`."""
+        batch = _Batch(now)
+        transitions = self.silence.check(now)
+        if transitions:
+            with self.store.transaction():
+                for t in transitions:
+                    self._silence(t, batch)
+        return batch.report
+
+    def acks_due(self, now: float) -> list[Ack]:
+        return self.acks.due(now)
+
+    def pending_publications(self) -> list[Publication]:
+        """Alert messages committed but not yet confirmed published (e.g. from before a crash)."""
+        self._recovered = None  # the outbox holds those too
+        return [
+            Publication(wire.alert_topic(device), payload, oid)
+            for oid, device, payload in self.store.pending_publications()
+        ]
+
+    def published(self, outbox_ids: Sequence[int]) -> None:
+        if outbox_ids:
+            with self.store.transaction():
+                self.store.delete_publications(outbox_ids)
+
+    def checkpoint(self, now: float) -> int:
+        """Save every stream changed since the last checkpoint, with the watermark; returns how many."""
+        dirty = [s for s in self._streams.values() if s.dirty]
+        name = self.settings.detector
+        with self.store.transaction():
+            watermark = self.store.max_reading_id()
+            self.store.save_checkpoint(watermark, [s.checkpoint(name) for s in dirty], now)
+        for stream in dirty:
+            stream.dirty = False
+        return len(dirty)
+
+    def prune(self, now: float, retention_s: float) -> dict[str, int]:
+        with self.store.transaction():
+            counts = self.store.prune(now - retention_s)
+        if any(counts.values()):
+            log.info("retention: deleted %s", counts)
+        return counts

@@ -1,0 +1,703 @@
+"""What the operator sees: tables, plots, sparklines and the JSON that scripts read.
+
+Pure functions from store records (and `now`) to renderables, strings or plain dicts, so each
+one is unit-testable without a database or a terminal. The commands in cloud.cli_ops only
+fetch records, call one of these, and print. Timestamps are shown in UTC, like
+`alerts follow`; JSON carries every timestamp twice, as unix seconds and as ISO-8601.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from cloud import png
+from cloud.store import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
+
+ALERT_TIME_FIELDS: Final = ("start", "end", "opened_at", "closed_at", "acked_at")
+DEVICE_TIME_FIELDS: Final = ("first_seen", "last_seen", "status_ts")
+SPARK_CHARS: Final = "▁▂▃▄▅▆▇█"
+WINDOW_LABEL: Final = "anomaly window"
+EXPECTED_LABEL: Final = "expected range"
+SHORT_ID: Final = 12  # characters of an alert id shown in tables; `show` and `ack` take a prefix
+_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhdw])\s*$")
+
+
+# ---------------------------------------------------------------------------------------------
+# times
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '1h', '2d', '1w' -> seconds; ValueError otherwise.
+
+    >>> parse_duration("30m"), parse_duration("1.5h")
+    (1800.0, 5400.0)
+    """
+    match = _DURATION.match(text.lower())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 90s, 30m, 1h, 2d or 1w")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_since(text: str, now: float) -> float:
+    """A duration back from `now` ('1h') or an ISO-8601 time (naive means UTC) -> unix seconds.
+
+    >>> parse_since("1h", 7200.0), parse_since("1970-01-01T01:00:00", 0.0)
+    (3600.0, 3600.0)
+    """
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration (30m, 1h, 2d, 1w) nor an ISO-8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def iso(ts: float | None) -> str | None:
+    """ISO-8601 in UTC with milliseconds, or None.
+
+    >>> iso(0.25)
+    '1970-01-01T00:00:00.250Z'
+    """
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def clock(ts: float | None) -> str:
+    """A compact UTC time for tables (the same form `alerts follow` prints)."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ago(ts: float | None, now: float) -> str:
+    """'42s ago', '5m ago', '3h ago', '2d ago'; 'never' for None.
+
+    >>> ago(100.0, 142.0), ago(0.0, 7300.0)
+    ('42s ago', '2h ago')
+    """
+    if ts is None:
+        return "never"
+    delta = now - ts
+    if delta < 0:
+        return "in the future"
+    for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= seconds:
+            return f"{int(delta // seconds)}{unit} ago"
+    return f"{int(delta)}s ago"
+
+
+def _with_iso(data: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out[key] = value
+        if key in names:
+            out[f"{key}_iso"] = iso(value)
+    return out
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# alerts
+
+
+def alert_json(alert: AlertRecord) -> dict[str, Any]:
+    """Every field of the alert, each timestamp also as ISO-8601, plus `acked` and `duration`."""
+    data = _with_iso(asdict(alert), ALERT_TIME_FIELDS)
+    data["acked"] = alert.acked_at is not None
+    data["duration"] = None if alert.end is None else alert.end - alert.start
+    return data
+
+
+def _state_text(alert: AlertRecord) -> Text:
+    if alert.state == "open":
+        return Text("OPEN", style="bold red")
+    return Text("closed", style="green")
+
+
+def _expected(alert: AlertRecord) -> str:
+    if alert.expected_low is None or alert.expected_high is None:
+        return "-"
+    return f"{alert.expected_low:.4g}..{alert.expected_high:.4g}"
+
+
+def _ack_text(alert: AlertRecord) -> Text:
+    if alert.acked_at is None:
+        return Text("")
+    who = f" {alert.acked_by}" if alert.acked_by else ""
+    return Text(f"✓ acked{who}", style="cyan")
+
+
+def alerts_table(alerts: Sequence[AlertRecord], now: float) -> Table:
+    """Newest first as given; open alerts in bold red, acknowledged ones marked."""
+    table = Table(title=f"{len(alerts)} alert{'s' if len(alerts) != 1 else ''}", title_justify="left")
+    for name, justify in (
+        ("id", "left"),
+        ("start (UTC)", "left"),
+        ("device", "left"),
+        ("metric", "left"),
+        ("kind", "left"),
+        ("state", "left"),
+        ("sev", "left"),
+        ("score", "right"),
+        ("value", "right"),
+        ("expected", "right"),
+        ("ack", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for a in alerts:
+        metric = f"{a.sensor}/{a.metric}" if a.sensor and a.metric else (a.metric or "-")
+        kind = f"{a.kind} late" if a.late else a.kind
+        table.add_row(
+            a.alert_id[:SHORT_ID],
+            f"{clock(a.start)} ({ago(a.start, now)})",
+            a.device,
+            metric,
+            kind,
+            _state_text(a),
+            a.severity,
+            f"{a.peak_score:.2f}",
+            _num(a.value),
+            _expected(a),
+            _ack_text(a),
+            style="bold" if a.state == "open" and a.acked_at is None else None,
+        )
+    return table
+
+
+def alert_details(alert: AlertRecord, now: float) -> Table:
+    """Key/value grid of one alert for `alerts show`."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim")
+    grid.add_column()
+    state = _state_text(alert)
+    if alert.acked_at is not None:
+        state.append("  ")
+        state.append_text(_ack_text(alert))
+    duration = "-" if alert.end is None else f"{alert.end - alert.start:.1f}s"
+    rows: list[tuple[str, str | Text]] = [
+        ("alert", alert.alert_id),
+        ("state", state),
+        ("device", alert.device),
+        ("series", f"{alert.sensor}/{alert.metric}" if alert.sensor else (alert.metric or "-")),
+        ("kind", f"{alert.kind}{' (late: backfilled readings)' if alert.late else ''}"),
+        ("severity", alert.severity),
+        ("start", f"{clock(alert.start)} UTC ({ago(alert.start, now)})"),
+        ("end", f"{clock(alert.end)} UTC" if alert.end is not None else "still open"),
+        ("duration", duration),
+        ("peak score", f"{alert.peak_score:.3f}"),
+        ("value at peak", _num(alert.value, 6)),
+        ("expected", _expected(alert)),
+        ("detector", alert.detector or "-"),
+        ("msg_id", alert.msg_id or "-"),
+    ]
+    if alert.acked_at is not None:
+        rows.append(("acknowledged", f"{clock(alert.acked_at)} UTC by {alert.acked_by or '?'}"))
+    if alert.note:
+        rows.append(("note", alert.note))
+    for key, value in rows:
+        grid.add_row(key, value)
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------
+# the plot around an alert
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPlot:
+    """One alert's metric around its episode, in x units relative to the episode's start."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    xs: tuple[float, ...]
+    ys: tuple[float, ...]
+    window: tuple[float, float]  # the anomaly window (start, end) in x units
+    expected: tuple[float, float] | None  # the detector's expected range at the peak
+    since: float  # unix seconds of the plotted range
+    until: float
+
+
+def plot_range(alert: AlertRecord, margin: float, *, last_ts: float | None = None) -> tuple[float, float]:
+    """[since, until) to fetch around an alert: the episode (still open: up to the newest
+    reading) plus `margin`, or at least the episode's length, on each side."""
+    end = alert.end if alert.end is not None else max(alert.start, last_ts or alert.start)
+    pad = max(margin, end - alert.start)
+    return alert.start - pad, end + pad
+
+
+def _x_unit(span: float) -> tuple[str, float]:
+    if span <= 600:
+        return "seconds", 1.0
+    if span <= 36_000:
+        return "minutes", 60.0
+    return "hours", 3600.0
+
+
+def alert_plot(
+    alert: AlertRecord, readings: Sequence[StoredReading], since: float, until: float
+) -> AlertPlot:
+    """The plot model behind both the terminal plot and the PNG."""
+    unit_name, scale = _x_unit(until - since)
+    end = alert.end
+    if end is None:
+        end = max([alert.start, *(r.ts for r in readings if r.ts >= alert.start)])
+    expected = None
+    if alert.expected_low is not None and alert.expected_high is not None:
+        expected = (alert.expected_low, alert.expected_high)
+    unit = readings[0].unit if readings else ""
+    state = alert.state if alert.acked_at is None else f"{alert.state}, acked"
+    return AlertPlot(
+        title=f"{alert.device} {alert.sensor}/{alert.metric}  alert {alert.alert_id[:SHORT_ID]} ({state})",
+        xlabel=f"{unit_name} from alert start ({clock(alert.start)} UTC)",
+        ylabel=f"{alert.metric} ({unit})" if unit else alert.metric,
+        xs=tuple((r.ts - alert.start) / scale for r in readings),
+        ys=tuple(r.value for r in readings),
+        window=(0.0, (end - alert.start) / scale),
+        expected=expected,
+        since=since,
+        until=until,
+    )
+
+
+def thin(readings: Sequence[StoredReading], max_points: int = 4000) -> list[StoredReading]:
+    """At most about `max_points` readings for a plot, keeping each slice's lowest and highest
+    reading in time order, so a one-reading spike survives the thinning."""
+    if len(readings) <= max_points:
+        return list(readings)
+    size = math.ceil(len(readings) / (max_points // 2))
+    out: list[StoredReading] = []
+    for i in range(0, len(readings), size):
+        chunk = readings[i : i + size]
+        lo = min(range(len(chunk)), key=lambda k: chunk[k].value)
+        hi = max(range(len(chunk)), key=lambda k: chunk[k].value)
+        out.extend(chunk[k] for k in sorted({lo, hi}))
+    return out
+
+
+def plot_text(plot: AlertPlot, *, width: int = 100, height: int = 24, color: bool = True) -> str:
+    """The plot as terminal text (plotext): the series, the anomaly window as two vertical
+    lines, the expected range as two horizontal lines, each named in the legend."""
+    import plotext as plt  # noqa: PLC0415 - only `alerts show` draws: list and devices need not load it
+
+    fig = plt.figure
+    fig.clear()
+    plt.terminal.limit(False, False)  # the caller sized it (a pipe is not an 80-column terminal)
+    fig.plot_size(max(40, width), max(12, height))
+    fig.theme("simple")
+    series = fig.signal(list(plot.xs), list(plot.ys), marker="braille")
+    series.lines()
+    series.label(plot.ylabel)
+    fig.draw(series)
+    lo, hi = plot.window
+    fig.line(lo, "vertical", pixel="red", label=WINDOW_LABEL)
+    if hi != lo:
+        fig.line(hi, "vertical", pixel="red")
+    if plot.expected is not None:
+        low, high = plot.expected
+        fig.line(
+            low, "horizontal", pixel="green", style="dotted", label=f"{EXPECTED_LABEL} {low:.4g}..{high:.4g}"
+        )
+        fig.line(high, "horizontal", pixel="green", style="dotted")
+    fig.title(plot.title)
+    fig.label(plot.xlabel)
+    try:
+        text: str = fig.build().string(colorless=not color)
+    finally:
+        fig.clear()
+        plt.terminal.limit(True, True)
+    return text
+
+
+# Colours of the PNG chart.
+_BG: Final = (255, 255, 255)
+_INK: Final = (40, 40, 40)
+_GRID: Final = (225, 225, 225)
+_SERIES: Final = (31, 90, 200)
+_WINDOW: Final = (255, 222, 222)
+_WINDOW_EDGE: Final = (210, 30, 30)
+_EXPECTED: Final = (225, 245, 225)
+_EXPECTED_EDGE: Final = (40, 150, 40)
+
+
+def _ticks(lo: float, hi: float, count: int = 6) -> list[float]:
+    """Round tick values covering [lo, hi]."""
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / count
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def plot_png(plot: AlertPlot, *, width: int = 960, height: int = 480) -> bytes:
+    """The same plot as a PNG: shaded anomaly window and expected band, axes, ticks, legend."""
+    scale = 2 if width >= 720 else 1
+    char_h = png.GLYPH_H * scale
+    left, right, top, bottom = 12 * (png.GLYPH_W + 1) * scale // 2 + 16, 16, 3 * char_h + 12, 3 * char_h + 16
+    canvas = png.Canvas(width, height, _BG)
+    pw, ph = width - left - right, height - top - bottom
+    xs, ys = plot.xs or (0.0,), plot.ys or (0.0,)
+    x_lo, x_hi = min(*xs, plot.window[0]), max(*xs, plot.window[1])
+    y_values = list(ys) + (list(plot.expected) if plot.expected else [])
+    y_lo, y_hi = min(y_values), max(y_values)
+    if x_hi == x_lo:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+    pad = (y_hi - y_lo) * 0.08 or 1.0
+    y_lo, y_hi = y_lo - pad, y_hi + pad
+
+    def px(x: float) -> int:
+        return left + round((x - x_lo) / (x_hi - x_lo) * (pw - 1))
+
+    def py(y: float) -> int:
+        return top + round((y_hi - y) / (y_hi - y_lo) * (ph - 1))
+
+    for ty in _ticks(y_lo, y_hi):
+        canvas.line(left, py(ty), left + pw - 1, py(ty), _GRID)
+        label = f"{ty:.4g}"
+        canvas.text(left - 6 - png.text_width(label, scale), py(ty) - char_h // 2, label, _INK, scale=scale)
+    for tx in _ticks(x_lo, x_hi):
+        canvas.line(px(tx), top, px(tx), top + ph - 1, _GRID)
+        label = f"{tx:.4g}"
+        canvas.text(px(tx) - png.text_width(label, scale) // 2, top + ph + 6, label, _INK, scale=scale)
+    if plot.expected is not None:
+        low, high = plot.expected
+        canvas.fill_rect(left, py(high), left + pw - 1, py(low), _EXPECTED)
+        canvas.line(left, py(high), left + pw - 1, py(high), _EXPECTED_EDGE, dash=6)
+        canvas.line(left, py(low), left + pw - 1, py(low), _EXPECTED_EDGE, dash=6)
+    w0, w1 = px(plot.window[0]), px(plot.window[1])
+    canvas.fill_rect(w0 - 1, top, max(w1, w0) + 1, top + ph - 1, _WINDOW)
+    canvas.line(w0, top, w0, top + ph - 1, _WINDOW_EDGE)
+    canvas.line(w1, top, w1, top + ph - 1, _WINDOW_EDGE)
+    points = [(px(x), py(y)) for x, y in zip(plot.xs, plot.ys, strict=True)]
+    for (xa, ya), (xb, yb) in itertools.pairwise(points):
+        canvas.line(xa, ya, xb, yb, _SERIES)
+    for x, y in points if len(points) < 60 else ():
+        canvas.fill_rect(x - 1, y - 1, x + 1, y + 1, _SERIES)
+    canvas.line(left, top + ph, left + pw, top + ph, _INK)
+    canvas.line(left - 1, top, left - 1, top + ph, _INK)
+    canvas.text(left, 6, plot.title, _INK, scale=scale)
+    canvas.text(
+        left + (pw - png.text_width(plot.xlabel, scale)) // 2,
+        height - char_h - 6,
+        plot.xlabel,
+        _INK,
+        scale=scale,
+    )
+    legend = [(plot.ylabel, _SERIES), (WINDOW_LABEL, _WINDOW_EDGE)]
+    if plot.expected is not None:
+        legend.append((f"{EXPECTED_LABEL} {plot.expected[0]:.4g}..{plot.expected[1]:.4g}", _EXPECTED_EDGE))
+    x = left
+    for label, colour in legend:
+        canvas.fill_rect(x, 6 + char_h + 8, x + 3 * scale * 4, 6 + char_h + 8 + char_h - 1, colour)
+        canvas.text(x + 3 * scale * 4 + 6, 6 + char_h + 8, label, _INK, scale=scale)
+        x += 3 * scale * 4 + 6 + png.text_width(label, scale) + 24
+    return png.encode_png(canvas)
+
+
+# ---------------------------------------------------------------------------------------------
+# devices
+
+
+def device_status(device: DeviceRecord, open_kinds: Iterable[str] = ()) -> str:
+    """offline (it said so, or its will arrived), silent (an open silent alert), else online."""
+    if not device.online:
+        return "offline"
+    if "silent" in set(open_kinds):
+        return "silent"
+    return "online"
+
+
+def completeness(epochs: Iterable[EpochCompleteness]) -> float:
+    """Share of the sent seqs that arrived (stored or dead-lettered), over all epochs."""
+    arrived = total = 0
+    for e in epochs:
+        arrived += e.received + e.rejected
+        total += e.received + e.rejected + e.missing
+    return 1.0 if total == 0 else arrived / total
+
+
+def epoch_json(e: EpochCompleteness, *, with_gaps: bool = True) -> dict[str, Any]:
+    data = _with_iso(asdict(e), ("first_seen", "last_seen"))
+    if with_gaps:
+        data["gaps"] = [list(g) for g in e.gaps]
+    else:
+        del data["gaps"]
+    data["completeness"] = e.completeness
+    return data
+
+
+def device_json(
+    device: DeviceRecord, now: float, open_kinds: Iterable[str] = (), *, with_gaps: bool = True
+) -> dict[str, Any]:
+    """The fleet row of one device: presence, agent, counts, completeness, reported counters.
+
+    `with_gaps=False` leaves the gap ranges out (the fleet list does not compute them: that
+    costs a scan of every epoch's readings); `missing` still counts what never arrived.
+    """
+    data = _with_iso(
+        {
+            "device": device.device,
+            "status": device_status(device, open_kinds),
+            "online": device.online,
+            "status_event": device.status_event,
+            "first_seen": device.first_seen,
+            "last_seen": device.last_seen,
+            "status_ts": device.status_ts,
+        },
+        DEVICE_TIME_FIELDS,
+    )
+    data["last_seen_ago"] = None if device.last_seen is None else now - device.last_seen
+    data.update(
+        {
+            "agent_version": device.agent_version,
+            "epoch": device.epoch,
+            "messages": device.messages,
+            "readings": device.readings,
+            "received": sum(e.received for e in device.epochs),
+            "rejected": sum(e.rejected for e in device.epochs),
+            "missing": device.missing,
+            "completeness": completeness(device.epochs),
+            "backlog": device.counters.get("backlog"),
+            "dropped": device.counters.get("dropped"),
+            "dropped_unconfirmed": device.counters.get("dropped_unconfirmed"),
+            "counters": dict(device.counters),
+            "open_alerts": device.open_alerts,
+            "epochs": [epoch_json(e, with_gaps=with_gaps) for e in device.epochs],
+        }
+    )
+    if with_gaps:
+        data["gaps"] = sum(len(e.gaps) for e in device.epochs)
+    return data
+
+
+_STATUS_STYLE: Final = {"online": "green", "offline": "red", "silent": "yellow"}
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%" if value < 1 else "100%"
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def devices_table(devices: Sequence[DeviceRecord], now: float, open_kinds: dict[str, set[str]]) -> Table:
+    """The fleet at a glance: presence, agent, data received and lost, what the agent reported."""
+    online = sum(1 for d in devices if device_status(d, open_kinds.get(d.device, ())) == "online")
+    table = Table(title=f"{len(devices)} devices, {online} online", title_justify="left")
+    for name, justify in (
+        ("device", "left"),
+        ("status", "left"),
+        ("last seen", "left"),
+        ("agent", "left"),
+        ("readings", "right"),
+        ("complete", "right"),
+        ("missing", "right"),
+        ("backlog", "right"),
+        ("dropped", "right"),
+        ("open alerts", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for d in devices:
+        status = device_status(d, open_kinds.get(d.device, ()))
+        share = completeness(d.epochs)
+        table.add_row(
+            d.device,
+            Text(status, style=_STATUS_STYLE[status]),
+            ago(d.last_seen, now),
+            d.agent_version or "-",
+            str(d.readings),
+            Text(_pct(share), style="" if share >= 1 else "yellow"),
+            str(d.missing) if d.missing else "-",
+            _count(d.counters.get("backlog")),
+            _count(d.counters.get("dropped")),
+            Text(str(d.open_alerts), style="bold red") if d.open_alerts else Text("-"),
+        )
+    return table
+
+
+def sparkline(points: Sequence[tuple[float, float]], since: float, until: float, width: int = 40) -> str:
+    """Time-bucketed bars; an empty bucket (no reading then) is a space, so gaps show.
+
+    Each bucket keeps its reading farthest from the median, so a one-reading spike survives.
+
+    >>> sparkline([(0, 1.0), (1, 2.0), (3, 4.0)], 0, 4, width=4)
+    '▁▃ █'
+    """
+    if width <= 0 or until <= since:
+        return ""
+    buckets: list[list[float]] = [[] for _ in range(width)]
+    for ts, value in points:
+        i = int((ts - since) / (until - since) * width)
+        if 0 <= i < width:
+            buckets[i].append(value)
+    values = [v for b in buckets for v in b]
+    if not values:
+        return " " * width
+    middle = statistics.median(values)
+    picked = [max(b, key=lambda v: abs(v - middle)) if b else None for b in buckets]
+    present = [p for p in picked if p is not None]
+    lo, hi = min(present), max(present)
+    top = len(SPARK_CHARS) - 1
+    return "".join(
+        " " if p is None else SPARK_CHARS[top // 2 if hi == lo else round((p - lo) / (hi - lo) * top)]
+        for p in picked
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesView:
+    """One of a device's metrics over the recent window, for `devices show`."""
+
+    sensor: str
+    metric: str
+    unit: str
+    readings: tuple[tuple[float, float], ...]  # (ts, value)
+
+    def to_json(self) -> dict[str, Any]:
+        values = [v for _, v in self.readings]
+        return {
+            "sensor": self.sensor,
+            "metric": self.metric,
+            "unit": self.unit,
+            "count": len(values),
+            "last": values[-1] if values else None,
+            "last_ts": self.readings[-1][0] if values else None,
+            "min": min(values) if values else None,
+            "max": max(values) if values else None,
+            "mean": statistics.fmean(values) if values else None,
+        }
+
+
+def format_gaps(gaps: Sequence[tuple[int, int]], limit: int = 6) -> str:
+    """'101-120, 305, +3 more' for inclusive seq ranges.
+
+    >>> format_gaps([(1, 4), (9, 9)])
+    '1-4, 9'
+    """
+    if not gaps:
+        return "-"
+    shown = [f"{lo}-{hi}" if hi != lo else str(lo) for lo, hi in gaps[:limit]]
+    if len(gaps) > limit:
+        shown.append(f"+{len(gaps) - limit} more")
+    return ", ".join(shown)
+
+
+def device_panel(
+    device: DeviceRecord,
+    series: Sequence[SeriesView],
+    now: float,
+    *,
+    since: float,
+    until: float,
+    open_alerts: Sequence[AlertRecord],
+    spark_width: int = 48,
+) -> RenderableType:
+    """Everything about one device: summary, metric sparklines, epochs with their gaps, alerts."""
+    kinds = {a.kind for a in open_alerts}
+    status = device_status(device, kinds)
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="dim")
+    summary.add_column()
+    counters = ", ".join(f"{k} {v:g}" for k, v in sorted(device.counters.items())) or "-"
+    for key, value in (
+        ("device", Text(device.device, style="bold")),
+        ("status", Text(f"{status} ({device.status_event or 'no status yet'})", style=_STATUS_STYLE[status])),
+        ("last seen", f"{clock(device.last_seen)} UTC ({ago(device.last_seen, now)})"),
+        ("first seen", f"{clock(device.first_seen)} UTC"),
+        ("agent", f"{device.agent_version or '-'} epoch {device.epoch or '-'}"),
+        ("readings", f"{device.readings} stored in {device.messages} messages"),
+        ("complete", f"{_pct(completeness(device.epochs))}, {device.missing} missing"),
+        ("reported", counters),
+        ("open alerts", str(device.open_alerts)),
+    ):
+        summary.add_row(key, value)
+    metrics = Table(title=f"metrics {clock(since)} .. {clock(until)} UTC (its clock)", title_justify="left")
+    for name, justify in (
+        ("series", "left"),
+        ("last", "right"),
+        ("min", "right"),
+        ("max", "right"),
+        ("", "left"),
+    ):
+        metrics.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for s in series:
+        info = s.to_json()
+        unit = f" {s.unit}" if s.unit else ""
+        metrics.add_row(
+            f"{s.sensor}/{s.metric}",
+            f"{_num(info['last'])}{unit}",
+            _num(info["min"]),
+            _num(info["max"]),
+            Text(sparkline(s.readings, since, until, spark_width), style="cyan"),
+        )
+    epochs = Table(title="epochs (one per agent outbox)", title_justify="left")
+    for name, justify in (
+        ("epoch", "left"),
+        ("seqs", "left"),
+        ("received", "right"),
+        ("rejected", "right"),
+        ("missing", "right"),
+        ("complete", "right"),
+        ("gaps (seq ranges never received)", "left"),
+    ):
+        epochs.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for e in device.epochs:
+        seqs = "-" if e.first_seq is None else f"{e.first_seq}..{e.last_seq}"
+        epochs.add_row(
+            e.epoch, seqs, str(e.received), str(e.rejected), str(e.missing), _pct(e.completeness),
+            format_gaps(e.gaps),
+        )  # fmt: skip
+    parts: list[RenderableType] = [summary, metrics, epochs]
+    if open_alerts:
+        parts.append(alerts_table(open_alerts, now))
+    return Group(*parts)
+
+
+__all__ = [
+    "AlertPlot",
+    "SeriesView",
+    "ago",
+    "alert_details",
+    "alert_json",
+    "alert_plot",
+    "alerts_table",
+    "clock",
+    "completeness",
+    "device_json",
+    "device_panel",
+    "device_status",
+    "devices_table",
+    "format_gaps",
+    "iso",
+    "parse_duration",
+    "parse_since",
+    "plot_png",
+    "plot_range",
+    "plot_text",
+    "sparkline",
+    "thin",
+]

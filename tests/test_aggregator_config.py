@@ -1,0 +1,166 @@
+"""Aggregator settings and the service's guards that need no broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from cloud.config import AggregatorConfig, load_config
+from cloud.errors import ConfigError, StoreError
+from cloud.service import Aggregator, backoff
+from devices import wire
+
+
+def test_defaults_file_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "agg.toml"
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here")
+    path.write_text(
+        "[aggregator]\n"
+        'broker = "mqtts://agg:s%40cret@broker.example"\n'
+        f'ca_file = "{ca}"\n'
+        "metrics_port = 9108\n"
+        "ack_interval = 2\n"  # an int where a float is expected is fine
+        'detector = "ewma"\n'
+    )
+    config = load_config(path, metrics_port=None, db="/tmp/x.db")
+    assert (config.metrics_port, config.ack_interval, config.detector, config.db) == (
+        9108,
+        2.0,
+        "ewma",
+        "/tmp/x.db",
+    )
+    url = config.broker_url()
+    assert (url.host, url.port, url.tls, url.username, url.password) == (
+        "broker.example",
+        8883,
+        True,
+        "agg",
+        "s@cret",
+    )
+    assert "s@cret" not in url.redacted()
+    assert load_config().broker == AggregatorConfig().broker
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[aggregator]\nack_interval = 'soon'\n", "aggregator.ack_interval must be a float"),
+        ("[aggregator]\nbatch_max_messages = 0\n", "batch_max_messages must be > 0"),
+        ("[aggregator]\nnope = 1\n", "unknown key aggregator.nope"),
+        ("[aggregator]\nbroker = 'http://x'\n", "scheme must be mqtt"),
+        ("[aggregator]\ndetector = 'magic'\n", "unknown detector 'magic'; known:"),
+        ("[aggregator]\nsynchronous = 'OFF'\n", "synchronous must be NORMAL or FULL"),
+        ("[aggregator\n", "not valid TOML"),
+        ("aggregator = 3\n", "must be a table"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "agg.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    assert all(0 <= backoff(attempt, 2.0, 3) <= 8.0 for attempt in range(20) for _ in range(20))
+    assert max(backoff(10, 2.0, 3) for _ in range(200)) > 4.0  # capped at 2**3, not at 2**0
+
+
+def test_one_aggregator_per_database(tmp_path: Path) -> None:
+    config = AggregatorConfig(db=str(tmp_path / "cloud.db"))
+
+    async def main() -> None:
+        first, second = Aggregator(config), Aggregator(config)
+        await first.open()
+        try:
+            with pytest.raises(StoreError, match="another aggregator"):
+                await second.open()
+        finally:
+            await second.close()
+            await first.close()
+        third = Aggregator(config)  # the lock went with the first one
+        await third.open()
+        await third.close()
+
+    asyncio.run(main())
+
+
+def test_a_full_inbox_sheds_new_messages_unconfirmed(tmp_path: Path) -> None:
+    config = AggregatorConfig(db=str(tmp_path / "cloud.db"), max_inbox=2)
+
+    async def main() -> tuple[int, float]:
+        aggregator = Aggregator(config)
+        queue = aggregator._inbox_queue()()  # what aiomqtt instantiates
+        topic = wire.device_topic("pi-1", "telemetry")
+        for mid in range(3):
+            queue.put_nowait(aiomqtt.Message(topic, b"{}", 1, False, mid, None))
+        shed = aggregator.metrics.registry.get_sample_value("edgewatch_inbox_shed_total") or 0.0
+        return len(aggregator._inbox), shed
+
+    assert asyncio.run(main()) == (2, 1.0)
+
+
+def test_a_missing_ca_file_is_refused_when_the_service_starts(tmp_path: Path) -> None:
+    config = AggregatorConfig(broker="mqtts://broker.example", ca_file=str(tmp_path / "no-ca.pem"))
+    assert config.ca_file  # loading is fine: configs are written on another machine
+
+    async def main() -> None:
+        with pytest.raises(ConfigError, match="ca_file"):
+            Aggregator(config)
+        with pytest.raises(ConfigError, match="only used with an mqtts"):
+            Aggregator(AggregatorConfig(ca_file=str(tmp_path / "no-ca.pem")))
+
+    asyncio.run(main())
+
+
+def test_metrics_endpoint_serves_the_counters() -> None:
+    from urllib.request import urlopen
+
+    from cloud.ingest import BatchReport
+    from cloud.metrics import Metrics
+
+    metrics = Metrics()
+    port = metrics.serve(0, addr="127.0.0.1")
+    try:
+        metrics.observe(
+            BatchReport(messages=2, stored=5, duplicates=3, dead={"bad_ts": 1}, received_at=[0.0]), 0.5
+        )
+        with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        metrics.close()
+    assert "edgewatch_readings_ingested_total 5.0" in text
+    assert "edgewatch_duplicates_ignored_total 3.0" in text
+    assert 'edgewatch_dead_lettered_total{reason="bad_ts"} 1.0' in text
+    assert "edgewatch_ingest_lag_seconds_count 1.0" in text
+
+
+def test_cancel_outlasts_a_task_that_swallows_its_cancellation() -> None:
+    """Python 3.11's wait_for can eat a cancellation; shutdown must not hang on such a task."""
+    from cloud.service import _cancel
+
+    async def stubborn() -> None:
+        # What wait_for does when its inner future completes at the same moment:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        await asyncio.sleep(30)
+
+    async def main() -> float:
+        task = asyncio.create_task(stubborn())
+        await asyncio.sleep(0)
+        start = asyncio.get_running_loop().time()
+        await _cancel([task])
+        assert task.cancelled()
+        return asyncio.get_running_loop().time() - start
+
+    assert asyncio.run(main()) < 5

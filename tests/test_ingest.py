@@ -1,0 +1,406 @@
+"""The ingest core with a fake clock: decoding, de-duplication, confirmations, detection, replay.
+
+Real SQLite files in tmp_path, no broker. `ThresholdDetector` is registered for these tests only
+(monkeypatched into the registry) so the expected verdicts do not depend on the default detector.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import cloud.detect
+from cloud.alerts import EpisodePolicy, SilencePolicy
+from cloud.detect.base import Verdict
+from cloud.errors import StoreError
+from cloud.ingest import (
+    AckCoalescer,
+    DeadLetter,
+    Inbound,
+    Pipeline,
+    PipelineSettings,
+    ReadingsItem,
+    StatusItem,
+    decode_inbound,
+)
+from cloud.store import Store
+from devices import wire
+from devices.model import Ack, AlertState, Status, StatusEvent
+
+T0 = 1_750_000_000.0
+DEV = "pi-1"
+TELEMETRY = wire.device_topic(DEV, "telemetry")
+BACKFILL = wire.device_topic(DEV, "backfill")
+STATUS = wire.device_topic(DEV, "status")
+
+
+class ThresholdDetector:
+    """Anomalous above 100; counts what it learned; raises on 666 (a detector bug)."""
+
+    name = "threshold"
+
+    def __init__(self, *, seed: int = 0) -> None:
+        self.n = 0
+
+    def score_one(self, ts: float, value: float) -> float:
+        if value == 666:
+            raise RuntimeError("detector bug")
+        return 0.9 if value > 100 else 0.1
+
+    def learn_one(self, ts: float, value: float) -> None:
+        self.n += 1
+
+    def process(self, ts: float, value: float) -> Verdict:
+        score = self.score_one(ts, value)
+        if score < 0.5:
+            self.learn_one(ts, value)
+        return Verdict(score, score >= 0.5, 0.0, 100.0)
+
+    def to_bytes(self) -> bytes:
+        return pickle.dumps(self)
+
+
+@pytest.fixture
+def threshold(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(cloud.detect.DETECTORS, "threshold", "tests.test_ingest:ThresholdDetector")
+    return "threshold"
+
+
+SETTINGS = PipelineSettings(
+    detector="threshold",
+    episodes=EpisodePolicy(close_after=3, close_after_seconds=0),
+    silence=SilencePolicy(silent_after=60, factor=3),
+    ack_interval=1.0,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "cloud.db") as s:
+        yield s
+
+
+@pytest.fixture
+def pipeline(store: Store, threshold: str) -> Pipeline:
+    return Pipeline(store, SETTINGS, now=T0)
+
+
+def msg(
+    seqs: list[int] | range,
+    *,
+    topic: str = TELEMETRY,
+    device: str = DEV,
+    epoch: str = "e1",
+    value: float | None = None,
+    values: dict[int, float] | None = None,
+    metric: str = "temp",
+    at: float = T0,
+) -> Inbound:
+    rows = [
+        (s, T0 + s, "sys", metric, (values or {}).get(s, value if value is not None else 20.0), "C")
+        for s in seqs
+    ]
+    return Inbound(topic, wire.encode_readings(device, epoch, rows, sent_at=T0, msg_id=f"m{seqs[0]}"), at)
+
+
+def raw(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def envelope(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "v": "1.0",
+        "kind": "readings",
+        "msg_id": "x1",
+        "device": DEV,
+        "epoch": "e1",
+        "sent_at": T0,
+        "readings": [{"seq": 1, "ts": T0, "sensor": "s", "metric": "m", "value": 1.0, "unit": ""}],
+    }
+    base.update(changes)
+    return base
+
+
+# ---------------------------------------------------------------------------------------------
+# decode_inbound: never raises, always a reason
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        (TELEMETRY, b"{not json", "malformed_json"),
+        (TELEMETRY, b"", "malformed_json"),
+        (TELEMETRY, b"\xff\xfe", "malformed_json"),
+        (TELEMETRY, b"[1, 2]", "not_an_object"),
+        (TELEMETRY, raw(envelope(v="2.0")), "unsupported_version"),
+        (TELEMETRY, raw(envelope(v=None)), "missing_version"),
+        (TELEMETRY, raw(envelope(kind="ack")), "wrong_kind"),
+        (TELEMETRY, raw(envelope(device="pi-2")), "device_mismatch"),
+        (TELEMETRY, raw(envelope(epoch=5)), "bad_epoch"),
+        (TELEMETRY, raw(envelope(readings={"a": 1})), "bad_readings"),
+        (TELEMETRY, raw(envelope(sent_at="yesterday")), "bad_sent_at"),
+        (TELEMETRY, b"[" * 300_000, "oversized"),
+        ("edgewatch/v1/alerts/telemetry", raw(envelope()), "bad_topic"),
+        ("edgewatch/v1/bad device/telemetry", raw(envelope()), "bad_topic"),
+        (STATUS, raw({"v": "1.0", "kind": "status", "device": DEV, "event": "??", "ts": T0}), "bad_event"),
+        (STATUS, wire.encode_status(Status("pi-2", StatusEvent.BIRTH, T0)), "device_mismatch"),
+    ],
+)
+def test_malformed_messages_become_dead_letters_with_a_reason(
+    topic: str, payload: bytes, reason: str
+) -> None:
+    item = decode_inbound(Inbound(topic, payload, T0))
+    assert isinstance(item, DeadLetter)
+    assert item.reason == reason
+    assert item.payload == payload and item.topic == topic and item.received_at == T0
+
+
+def test_bad_readings_are_rejected_alone_with_their_seq() -> None:
+    readings = [
+        {"seq": 1, "ts": T0, "sensor": "s", "metric": "m", "value": 1.0},
+        {"seq": 2, "ts": T0, "sensor": "s", "metric": "m", "value": math.nan},
+        {"seq": 3, "ts": T0, "sensor": "s", "metric": "m", "value": math.inf},
+        {"seq": 4, "ts": 1e13, "sensor": "s", "metric": "m", "value": 1.0},
+        {"seq": 5, "ts": T0 + 3 * 86400, "sensor": "s", "metric": "m", "value": 1.0},
+        {"seq": 6, "ts": T0, "sensor": "s", "metric": "m", "value": "hot"},
+        {"seq": "7", "ts": T0, "sensor": "s", "metric": "m", "value": 1.0},
+        {"seq": 8, "ts": T0 + 60, "sensor": "s", "metric": "m", "value": 2.0},
+    ]
+    payload = json.dumps(envelope(readings=readings)).encode()  # json writes NaN/Infinity literals
+    item = decode_inbound(Inbound(TELEMETRY, payload, T0))
+    assert isinstance(item, ReadingsItem)
+    assert [r.seq for r in item.accepted] == [1, 8]
+    assert [(d.seq, d.reason) for d in item.dead] == [
+        (2, "non_finite_value"),
+        (3, "non_finite_value"),
+        (4, "bad_ts"),
+        (6, "bad_value"),
+        (None, "bad_seq"),
+        (5, "future_ts"),
+    ]
+    assert all(d.msg_id == "x1" and d.device == DEV for d in item.dead)
+
+
+def test_status_decodes_with_retained_flag() -> None:
+    status = Status(DEV, StatusEvent.HEARTBEAT, T0, "e1", "0.1", {"backlog": 3})
+    item = decode_inbound(Inbound(STATUS, wire.encode_status(status), T0, retained=True))
+    assert isinstance(item, StatusItem) and item.retained and item.status == status
+
+
+# ---------------------------------------------------------------------------------------------
+# confirmations
+
+
+def test_ack_coalescer_releases_once_per_interval_per_device() -> None:
+    c = AckCoalescer(interval=1.0)
+    c.add("a", "e1", [3, 1, 2])
+    c.add("a", "e2", [9])
+    c.add("b", "e1", [5])
+    first = c.due(10.0)
+    assert sorted((a.device, a.epoch, a.ranges) for a in first) == [
+        ("a", "e1", ((1, 3),)),
+        ("a", "e2", ((9, 9),)),
+        ("b", "e1", ((5, 5),)),
+    ]
+    c.add("a", "e1", [4])
+    assert c.due(10.5) == []
+    c.requeue(Ack("a", "e1", ((7, 8),)))
+    assert c.due(11.0) == [Ack("a", "e1", ((4, 4), (7, 8)))]
+    c.add("b", "e1", [6])
+    assert c.drain(11.1) == [Ack("b", "e1", ((6, 6),))]
+    assert len(c) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline over a real SQLite file
+
+
+def test_duplicates_are_stored_once_counted_and_acked_again(pipeline: Pipeline, store: Store) -> None:
+    report = pipeline.ingest([msg(range(1, 11)), msg(range(6, 16))], T0)
+    assert (report.stored, report.duplicates) == (15, 5)
+    assert pipeline.acks_due(T0) == [Ack(DEV, "e1", ((1, 15),))]
+    report = pipeline.ingest([msg(range(1, 11), topic=BACKFILL)], T0 + 2)
+    assert (report.stored, report.duplicates) == (0, 10)
+    # The agent resent because it missed the ack: it gets one again.
+    assert pipeline.acks_due(T0 + 2) == [Ack(DEV, "e1", ((1, 10),))]
+    assert store.count_readings() == 15
+    detector = pipeline.detector(DEV, "sys", "temp")
+    assert isinstance(detector, ThresholdDetector) and detector.n == 15  # duplicates not learned twice
+
+
+def test_partial_resend_feeds_only_new_readings_even_with_a_seq_twice(pipeline: Pipeline) -> None:
+    pipeline.ingest([msg([1, 2, 3])], T0)
+    report = pipeline.ingest([msg([2, 3, 4, 4, 5])], T0)
+    assert (report.stored, report.duplicates) == (2, 3)
+    detector = pipeline.detector(DEV, "sys", "temp")
+    assert isinstance(detector, ThresholdDetector) and detector.n == 5
+
+
+def test_rejected_readings_are_dead_lettered_once_and_acked(pipeline: Pipeline, store: Store) -> None:
+    readings = [
+        {"seq": 1, "ts": T0, "sensor": "s", "metric": "m", "value": 1.0},
+        {"seq": 2, "ts": T0, "sensor": "s", "metric": "m", "value": math.nan},
+    ]
+    payload = json.dumps(envelope(readings=readings)).encode()
+    for _ in range(2):  # a resend of the same bad reading is not a second dead letter
+        report = pipeline.ingest([Inbound(TELEMETRY, payload, T0)], T0)
+        assert report.dead == {"non_finite_value": 1}
+    assert [(d.reason, d.seq) for d in store.dead_letters()] == [("non_finite_value", 2)]
+    assert pipeline.acks_due(T0) == [Ack(DEV, "e1", ((1, 2),))]
+    (epoch,) = store.device(DEV).epochs
+    assert (epoch.received, epoch.rejected, epoch.missing, epoch.gaps) == (1, 1, 0, ())
+
+
+def test_envelope_errors_are_stored_raw_and_never_acked(pipeline: Pipeline, store: Store) -> None:
+    bad = [Inbound(TELEMETRY, b"{oops", T0), Inbound(TELEMETRY, raw(envelope(device="other")), T0)]
+    report = pipeline.ingest([*bad, msg([1])], T0)
+    assert report.dead == {"malformed_json": 1, "device_mismatch": 1} and report.stored == 1
+    letters = store.dead_letters()
+    assert {d.reason: d.payload for d in letters} == {
+        "malformed_json": b"{oops",
+        "device_mismatch": bad[1].payload,
+    }
+    assert pipeline.acks_due(T0) == [Ack(DEV, "e1", ((1, 1),))]
+
+
+def test_nothing_is_acked_or_learned_when_the_commit_fails(
+    pipeline: Pipeline, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline.ingest([msg([1, 2])], T0)
+    pipeline.acks_due(T0)
+
+    def broken(rows: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "update_sources", broken)
+    with pytest.raises(StoreError, match="disk I/O error"):
+        pipeline.ingest([msg([3, 4])], T0 + 5)
+    assert pipeline.acks_due(T0 + 5) == []
+    assert store.count_readings() == 2
+    detector = pipeline.detector(DEV, "sys", "temp")
+    assert isinstance(detector, ThresholdDetector) and detector.n == 2  # rebuilt from the store
+    monkeypatch.undo()
+    monkeypatch.setitem(cloud.detect.DETECTORS, "threshold", "tests.test_ingest:ThresholdDetector")
+    pipeline.ingest([msg([3, 4])], T0 + 6)  # the agent's resend then succeeds
+    assert pipeline.acks_due(T0 + 6) == [Ack(DEV, "e1", ((3, 4),))]
+
+
+def test_a_spike_opens_and_closes_one_episode_published_once(pipeline: Pipeline, store: Store) -> None:
+    report = pipeline.ingest([msg(range(1, 11), values={5: 500.0, 6: 400.0})], T0)
+    assert (report.alerts_opened, report.alerts_closed) == (1, 1)
+    events = [wire.decode_alert(p.payload) for p in report.publications]
+    assert [(e.state, e.start, e.end, e.peak_score, e.value) for e in events] == [
+        (AlertState.OPEN, T0 + 5, None, 0.9, 500.0),
+        (AlertState.CLOSED, T0 + 5, T0 + 7, 0.9, 500.0),
+    ]
+    assert {p.topic for p in report.publications} == {wire.alert_topic(DEV)}
+    (alert,) = store.list_alerts()
+    assert (alert.state, alert.metric, alert.sensor, alert.msg_id, alert.late) == (
+        "closed",
+        "temp",
+        "sys",
+        "m1",
+        False,
+    )
+    assert len(pipeline.pending_publications()) == 2
+    pipeline.published([p.outbox_id for p in report.publications])
+    assert pipeline.pending_publications() == []
+
+
+def test_backfilled_readings_are_scored_not_learned_and_alert_late(pipeline: Pipeline, store: Store) -> None:
+    pipeline.ingest([msg(range(100, 110))], T0)
+    detector = pipeline.detector(DEV, "sys", "temp")
+    assert isinstance(detector, ThresholdDetector) and detector.n == 10
+    report = pipeline.ingest([msg(range(1, 10), topic=BACKFILL, values={3: 900.0})], T0)
+    assert detector.n == 10  # the live stream's state is untouched by the backlog
+    assert report.alerts_opened == 1 and report.late_alerts == 1
+    (alert,) = store.list_alerts(late=True)
+    assert alert.state == "closed" and alert.value == 900.0
+    assert store.list_alerts(late=False) == []
+
+
+def test_restart_without_checkpoint_replays_and_never_re_alerts(store: Store, threshold: str) -> None:
+    first = Pipeline(store, SETTINGS, now=T0)
+    opened = first.ingest([msg(range(1, 21), values={10: 500.0})], T0)
+    assert (opened.alerts_opened, opened.alerts_closed) == (1, 1)
+    # A crash here: no checkpoint was ever written. The next process replays everything.
+    second = Pipeline(store, SETTINGS, now=T0 + 10)
+    assert second.replayed == 20
+    replayed = second.detector(DEV, "sys", "temp")
+    assert isinstance(replayed, ThresholdDetector) and replayed.n == 19  # the spike is not learned
+    assert len(store.list_alerts()) == 1
+    assert len(second.pending_publications()) == 2  # the crash left open+close unpublished
+    # Reading the same messages again (the agent resends) changes nothing.
+    again = second.ingest([msg(range(1, 21), values={10: 500.0})], T0 + 11)
+    assert (again.stored, again.alerts_opened, again.alerts_closed) == (0, 0, 0)
+
+
+def test_checkpoint_then_replay_only_past_the_watermark(store: Store, threshold: str) -> None:
+    first = Pipeline(store, SETTINGS, now=T0)
+    first.ingest([msg(range(1, 11))], T0)
+    assert first.checkpoint(T0) == 1
+    first.ingest([msg(range(11, 16), values={13: 500.0})], T0 + 1)  # episode open at the "crash"
+    second = Pipeline(store, SETTINGS, now=T0 + 5)
+    assert second.replayed == 5
+    detector = second.detector(DEV, "sys", "temp")
+    assert isinstance(detector, ThresholdDetector) and detector.n == 14
+    closing = second.ingest([msg(range(16, 20))], T0 + 6)  # the episode continues where it was
+    assert (closing.alerts_opened, closing.alerts_closed) == (0, 1)
+    (alert,) = store.list_alerts()
+    assert alert.state == "closed" and alert.start == T0 + 13
+
+
+def test_a_detector_bug_dead_letters_only_its_message(pipeline: Pipeline, store: Store) -> None:
+    report = pipeline.ingest([msg([1, 2]), msg([3], value=666.0), msg([4, 5])], T0)
+    assert report.stored == 4 and report.dead == {"internal_error": 1}
+    assert [d.reason for d in store.dead_letters()] == ["internal_error"]
+    assert pipeline.acks_due(T0) == [Ack(DEV, "e1", ((1, 2), (4, 5)))]  # 3 stays unconfirmed
+
+
+def test_status_updates_the_registry_and_retained_repeats_are_ignored(
+    pipeline: Pipeline, store: Store
+) -> None:
+    birth = Status(DEV, StatusEvent.BIRTH, T0, "e1", "0.1.0", {"backlog": 7, "dropped": 1, "extra": 2})
+    pipeline.ingest([Inbound(STATUS, wire.encode_status(birth), T0 + 1)], T0 + 1)
+    device = store.device(DEV)
+    assert (device.online, device.agent_version, device.epoch, device.status_event) == (
+        True,
+        "0.1.0",
+        "e1",
+        "birth",
+    )
+    assert device.counters == {"backlog": 7.0, "dropped": 1.0, "extra": 2.0}
+    report = pipeline.ingest([Inbound(STATUS, wire.encode_status(birth), T0 + 50, retained=True)], T0 + 50)
+    assert report.statuses == 0  # the broker re-sent the retained birth on resubscribe
+    will = Status(DEV, StatusEvent.WILL, T0 + 60, "e1", "0.1.0")
+    report = pipeline.ingest([Inbound(STATUS, wire.encode_status(will), T0 + 61)], T0 + 61)
+    assert report.alerts_opened == 1
+    assert store.device(DEV).online is False
+    (silent,) = store.list_alerts(kind="silent")
+    assert (silent.state, silent.severity, silent.start) == ("open", "critical", T0 + 61)
+    back = pipeline.ingest([msg([1])], T0 + 70)
+    assert back.alerts_closed == 1
+    assert store.list_alerts(kind="silent")[0].state == "closed"
+
+
+def test_silence_is_detected_by_tick_and_survives_a_restart(store: Store, threshold: str) -> None:
+    first = Pipeline(store, SETTINGS, now=T0)
+    first.ingest([msg([1], at=T0)], T0)
+    assert first.tick(T0 + 30).alerts_opened == 0
+    assert first.tick(T0 + 61).alerts_opened == 1
+    second = Pipeline(store, SETTINGS, now=T0 + 100)  # restarted: the episode is still open
+    assert second.tick(T0 + 1000).alerts_opened == 0
+    assert second.ingest([msg([2], at=T0 + 1001)], T0 + 1001).alerts_closed == 1
+    assert [a.state for a in store.list_alerts(kind="silent")] == ["closed"]
+
+
+def test_clean_shutdown_is_not_silence(pipeline: Pipeline) -> None:
+    bye = Status(DEV, StatusEvent.SHUTDOWN, T0 + 1, "e1", "0.1.0")
+    pipeline.ingest([msg([1]), Inbound(STATUS, wire.encode_status(bye), T0 + 1)], T0 + 1)
+    assert pipeline.tick(T0 + 10_000).alerts_opened == 0
