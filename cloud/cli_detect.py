@@ -114,11 +114,17 @@ def evaluate_cmd(
         Path, typer.Option(help="Label JSON lines (simulators) or CSV device,metric,start,end[,kind].")
     ],
     alerts: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             help="Alert episodes: JSON lines, `detect --json` output, or CSV device,metric,start,end."
         ),
-    ],
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option(help="Or take the alerts from an aggregator's store (anomaly alerts).")
+    ] = None,
+    replay_run: Annotated[
+        str | None, typer.Option("--replay", help="With --db: the alerts of this `edgewatch replay` run.")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     tolerance: Annotated[
         float, typer.Option(min=0.0, help="Seconds after a window's end an alert still counts for it.")
@@ -138,9 +144,11 @@ def evaluate_cmd(
     """
     from cloud.evaluate import IGNORED_KINDS, evaluate, load_episodes, load_windows, metrics_table_rows
 
+    if (alerts is None) == (db is None):
+        raise _fail("give exactly one of --alerts FILE and --db PATH")
     try:
         windows = load_windows(labels)
-        episodes = load_episodes(alerts)
+        episodes = load_episodes(alerts) if alerts is not None else _store_episodes(db, replay_run)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     metrics = evaluate(
@@ -166,7 +174,90 @@ def evaluate_cmd(
         typer.echo("(stream-days estimated from the files' time span; pass --stream-days to fix it)")
 
 
+def _store_episodes(db: Path | None, run: str | None) -> list[Any]:
+    """Anomaly alerts of a store (or of one replay run in it) as evaluation episodes."""
+    from cloud.errors import CloudError
+    from cloud.evaluate import Episode
+    from cloud.queries import open_store
+    from cloud.replay import replayed_alerts
+
+    assert db is not None
+    try:
+        store = open_store(db)
+        try:
+            if run is not None:
+                rows = replayed_alerts(store, run)
+            else:
+                rows = [
+                    (str(d), str(m), float(st), None if e is None else float(e))
+                    for d, m, st, e in store.db.execute(
+                        "SELECT device, metric, start, end FROM alerts WHERE kind = 'anomaly'"
+                    )
+                ]
+        finally:
+            store.close()
+    except CloudError as exc:
+        raise _fail(str(exc)) from None
+    return [Episode(d, m, st, st if e is None else e) for d, m, st, e in rows]
+
+
+def replay_cmd(
+    *,
+    db: Annotated[Path, typer.Option(help="The aggregator's SQLite store.")],
+    device: Annotated[str | None, typer.Option(help="Only this device's streams.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only readings from this time on (ISO-8601 or epoch seconds).")
+    ] = None,
+    detector: Annotated[str, typer.Option(help="Detector name (see DETECTORS).")] = "default",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute and print; write nothing.")] = False,
+    into_alerts: Annotated[
+        bool, typer.Option("--into-alerts", help="Write into the live alerts table (never doubles one).")
+    ] = False,
+    run: Annotated[str | None, typer.Option(help="Name of this run (default: DETECTOR-TIME).")] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the run and its alerts as JSON.")
+    ] = False,
+) -> None:
+    """Re-run stored readings through a detector and rebuild alert episodes from history.
+
+    Alerts go to a separate set (table replay_alerts, by run name) unless --into-alerts.
+    Example: edgewatch replay --db cloud.db --detector hst --dry-run
+    """
+    from cloud.detect import UnknownDetector
+    from cloud.errors import CloudError
+    from cloud.evaluate import parse_timestamp
+    from cloud.queries import open_store
+    from cloud.replay import replay
+
+    try:
+        start = parse_timestamp(since) if since is not None else None
+    except ValueError as exc:
+        raise _fail(f"--since: {exc}") from None
+    try:
+        store = open_store(db, write=not dry_run)
+        try:
+            report = replay(
+                store, detector=detector, device=device, since=start, dry_run=dry_run,
+                into_alerts=into_alerts, run=run,
+            )  # fmt: skip
+        finally:
+            store.close()
+    except UnknownDetector as exc:
+        raise _fail(str(exc), 2) from None
+    except CloudError as exc:
+        raise _fail(str(exc)) from None
+    if json_output:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    where = "nothing written (dry run)" if dry_run else f"{report.written} new in {report.target}"
+    typer.echo(
+        f"replay {report.run}: {report.readings} readings in {report.streams} streams -> "
+        f"{len(report.episodes)} alert episodes; {where}"
+    )
+
+
 COMMANDS: list[tuple[Callable[..., Any], str]] = [
+    (replay_cmd, "replay"),
     (detect_cmd, "detect"),
     (evaluate_cmd, "evaluate"),
 ]
