@@ -556,6 +556,10 @@ def read_stats(path: Path | str, max_bytes: int) -> OutboxStats:
     try:
         st = os.statvfs(path.parent)
         return _stats(db, max_bytes, st.f_bavail * st.f_frsize)
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            raise OutboxError(f"the outbox {path} is still being created; try again in a moment") from exc
+        raise OutboxError(f"cannot read outbox {path}: {exc}") from exc
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot read outbox {path}: {exc}") from exc
     finally:

@@ -7,15 +7,30 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from edge.outbox import read_stats
+from edge.errors import OutboxError
+from edge.outbox import OutboxStats
+from edge.outbox import read_stats as _read_stats
 from tests.confirmer import Confirmer, wait_for
 from tests.mosquitto import Mosquitto
 
 EDGEWATCH = [sys.executable, "-m", "edgewatch"]
+
+
+def read_stats(path: Path, max_bytes: int) -> OutboxStats:
+    """Stats, waiting out the moment when the agent has created the file but not its tables."""
+    for _ in range(100):
+        try:
+            return _read_stats(path, max_bytes)
+        except OutboxError as exc:
+            if "still being created" not in str(exc):
+                raise
+            time.sleep(0.05)
+    return _read_stats(path, max_bytes)
 
 
 def write_config(tmp: Path, url: str, *, outbox: str | None = None, extra: str = "") -> Path:
@@ -186,8 +201,7 @@ def test_unreadable_sensor_never_stops_the_others(tmp_path: Path, broker: Mosqui
         tmp_path,
         broker.url,
         extra=(
-            f"\n[[sensors]]\nname = 'bad'\ndriver = 'command'\ninterval_s = 0.2\n"
-            f"params = {{ {failing} }}\n"
+            f"\n[[sensors]]\nname = 'bad'\ndriver = 'command'\ninterval_s = 0.2\nparams = {{ {failing} }}\n"
         ),
     )
     sample = run_cli("agent", "sample", "--config", str(config))
