@@ -32,5 +32,9 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]" 2>&1 \
-  | { grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true; }
+log=.venv/pip-install.log
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]" >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "pip install failed (log: $log)" >&2
+  exit 1
+fi
