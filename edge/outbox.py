@@ -162,7 +162,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) WHERE state=0;
 """
 
-_COUNTERS = ("next_seq", "dropped", "dropped_unconfirmed", "published", "confirmed")
+# high_water: the highest seq ever handed to the MQTT client. A pending reading above it has
+# certainly never left the device; one below it may have (re-queued, or in flight when a
+# connection died), so dropping it is not a certain loss.
+_COUNTERS = ("next_seq", "dropped", "dropped_unconfirmed", "published", "confirmed", "high_water")
 
 
 def _connect(path: Path, synchronous: Synchronous, *, readonly: bool = False) -> sqlite3.Connection:
@@ -250,7 +253,7 @@ class Outbox:
             raise
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         self.epoch: str = str(meta["epoch"])
-        self._counters = {name: int(meta[name]) for name in _COUNTERS}
+        self._counters = {name: int(meta.get(name, 0)) for name in _COUNTERS}
 
     def _save_counters(self, *names: str) -> None:
         self._db.executemany("UPDATE meta SET value=? WHERE key=?", [(self._counters[n], n) for n in names])
@@ -318,20 +321,17 @@ class Outbox:
 
     def _reload_counters(self) -> None:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        self._counters = {name: int(meta[name]) for name in _COUNTERS}
+        self._counters = {name: int(meta.get(name, 0)) for name in _COUNTERS}
         self._count, self._bytes = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(size),0) FROM outbox"
         ).fetchone()
 
-    def _in_flight(self, seq: int) -> bool:
-        return any(a <= seq <= b for a, b in self._inflight)
-
     def _drop_oldest(self, need: int) -> int:
-        """Free `need` bytes: the oldest never-published readings first (their loss is certain),
-        then, only if nothing unsent is left, the oldest in flight or awaiting confirmation."""
+        """Free `need` bytes: the oldest readings that never left the device first (their loss is
+        certain), then, only if none is left, the oldest that may have (counted apart)."""
         freed = 0
         victims: list[tuple[int, int, int]] = []
-        after = 0
+        after = self._counters["high_water"]
         while freed < need:
             rows = self._db.execute(
                 "SELECT seq, size FROM outbox WHERE state=0 AND seq>? ORDER BY seq LIMIT 512", (after,)
@@ -340,11 +340,10 @@ class Outbox:
                 break
             after = rows[-1][0]
             for seq, size in rows:
-                if not self._in_flight(seq):
-                    victims.append((seq, size, State.PENDING))
-                    freed += size
-                    if freed >= need:
-                        break
+                victims.append((seq, size, State.PENDING))
+                freed += size
+                if freed >= need:
+                    break
         counter_rows = {"dropped": len(victims)}
         if freed < need:
             unconfirmed = 0
@@ -390,6 +389,9 @@ class Outbox:
         if out:
             self._cursors[min_seq] = out[-1].seq + 1
             self._inflight.append((out[0].seq, out[-1].seq))
+            if out[-1].seq > self._counters["high_water"]:
+                self._counters["high_water"] = out[-1].seq
+                self._save_counters("high_water")
         return out
 
     @property

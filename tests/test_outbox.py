@@ -118,6 +118,30 @@ def test_drop_oldest_prefers_unsent_over_awaiting_confirmation(tmp_path: Path) -
     ob.close()
 
 
+def test_a_reading_that_may_have_left_is_not_counted_as_a_certain_loss(tmp_path: Path) -> None:
+    """In flight when the connection died: the broker may have it. Dropping it is counted
+    apart, even after a restart, so `dropped` stays exactly the readings that never left."""
+    ob = Outbox(tmp_path / "o.db", max_bytes=SIZE * 10)
+    ob.append(samples(4))
+    ob.claim(limit=4, max_bytes=10**6)
+    ob.release_inflight()  # the link died before the PUBACK
+    ob.close()
+    ob = Outbox(tmp_path / "o.db", max_bytes=SIZE * 10)
+    ob.append(samples(6))  # full now: 1..4 may have left, 5..10 never did
+    ob.append(samples(2))  # the oldest that never left go first
+    assert [r[0] for r in ob._db.execute("SELECT seq FROM outbox ORDER BY seq")] == [
+        1,
+        2,
+        3,
+        4,
+        *range(7, 13),
+    ]
+    assert (ob.counters()["dropped"], ob.counters()["dropped_unconfirmed"]) == (2, 0)
+    ob.append(samples(9))  # 7..12 (never left) go, then 1..3 (may have), counted apart
+    assert (ob.counters()["dropped"], ob.counters()["dropped_unconfirmed"]) == (8, 3)
+    ob.close()
+
+
 def test_drop_newest_keeps_the_oldest(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.db", max_bytes=SIZE * 10, overflow=Overflow.DROP_NEWEST)
     assert ob.append(samples(8)) == list(range(1, 9))
