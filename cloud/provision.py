@@ -517,11 +517,11 @@ def provision(
         check_acl(acl_file, role)
     if out_dir is None:
         out_dir = passwd_file.parent / "bundles"
-    if not out_dir.exists():
-        try:
-            out_dir.mkdir(mode=0o700, parents=True)  # every bundle holds a credential
-        except OSError as exc:
-            raise ProvisionError(f"cannot create {out_dir}: {exc}") from exc
+    try:
+        # Every bundle holds a credential. exist_ok: concurrent runs may race to create it.
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProvisionError(f"cannot create {out_dir}: {exc}") from exc
     bundle = out_dir / user
     job = _Job(
         user=user,
