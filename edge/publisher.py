@@ -8,13 +8,16 @@ readings pending again.
 
 The client is driven by `loop()` calls from the agent's thread (no paho thread), so every paho
 callback runs on the thread that owns the SQLite outbox, and a PUBACK is never processed before
-the publish that caused it has been recorded.
+the publish that caused it has been recorded. The socket wait is our own `poll()`, not paho's
+`loop()`: paho's uses select(), which fails on descriptors past 1024, and a simulator running
+hundreds of agents (each with a socket and three SQLite files) gets there quickly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import ssl
 import time
 from collections.abc import Callable
@@ -115,7 +118,7 @@ class Link:
             raise LinkError(f"cannot connect to {url.redacted()}: {exc}") from exc
         deadline = time.monotonic() + timeout_s
         while self._connack is None:
-            rc = self.client.loop(timeout=0.05)
+            rc = self._io(0.05)
             if rc != mqtt.MQTT_ERR_SUCCESS and self._connack is None:
                 self._close_socket()
                 raise LinkError(
@@ -137,11 +140,37 @@ class Link:
         """Run network I/O for up to `timeout`; False once the connection is gone."""
         if not self.connected:
             return False
-        rc = self.client.loop(timeout=timeout)
+        rc = self._io(timeout)
         if rc != mqtt.MQTT_ERR_SUCCESS:
             self.connected = False
             self.lost_reason = self.lost_reason or mqtt.error_string(rc)
         return self.connected
+
+    def _io(self, timeout: float) -> int:
+        """Wait up to `timeout` for the socket, then let paho read, write and keep alive."""
+        client = self.client
+        sock = client.socket()
+        if sock is None:
+            return int(mqtt.MQTT_ERR_NO_CONN)
+        pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes already
+        if pending is not None and pending() > 0:
+            readable, writable = True, client.want_write()
+        else:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | (select.POLLOUT if client.want_write() else 0))
+            events = poller.poll(max(0.0, timeout) * 1000)
+            mask = events[0][1] if events else 0
+            readable = bool(mask & (select.POLLIN | select.POLLERR | select.POLLHUP))
+            writable = bool(mask & select.POLLOUT)
+        if readable:
+            rc = client.loop_read()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                return int(rc)
+        if writable or client.want_write():
+            rc = client.loop_write()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                return int(rc)
+        return int(client.loop_misc())
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int | None:
         """Hand a QoS 1 message to the socket; its mid, or None if the client did not take it.
