@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from devices.errors import DriverConfigError
 from devices.model import Measurement
 
 
@@ -22,3 +23,13 @@ class SensorDriver(Protocol):
     def read(self) -> list[Measurement]: ...
 
     def close(self) -> None: ...
+
+
+def reject_unknown_params(driver: str, params: Mapping[str, Any], known: Iterable[str]) -> None:
+    """A misspelt param must fail at start-up, naming itself and the valid ones."""
+    valid = sorted(known)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise DriverConfigError(
+            f"{driver}: unknown param {', '.join(map(repr, unknown))}; valid params: {', '.join(valid)}"
+        )

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from devices.drivers.base import reject_unknown_params
 from devices.errors import DriverConfigError, SensorReadError
 from devices.model import Measurement
 
@@ -162,20 +163,11 @@ def unpack_data(data: bytes) -> tuple[int, int, int]:
     return adc_t, adc_p, adc_h
 
 
-def _reject_unknown(params: Mapping[str, Any]) -> None:
-    unknown = sorted(set(params) - PARAMS)
-    if unknown:
-        raise DriverConfigError(
-            f"{DRIVER}: unknown param {', '.join(map(repr, unknown))}; "
-            f"valid params: {', '.join(sorted(PARAMS))}"
-        )
-
-
 class BME280Driver:
     """A BME280 at `address` (0x76 or 0x77) on /dev/i2c-`bus` (default 1, a Pi's header)."""
 
     def __init__(self, params: Mapping[str, Any], *, bus_factory: BusFactory | None = None) -> None:
-        _reject_unknown(params)
+        reject_unknown_params(DRIVER, params, PARAMS)
         bus = params.get("bus", 1)
         if isinstance(bus, bool) or not isinstance(bus, int) or bus < 0:
             raise DriverConfigError(f"{DRIVER}: param 'bus' must be an I2C bus number, got {bus!r}")
@@ -213,13 +205,9 @@ class BME280Driver:
         chip = bus.read_byte_data(self.address, REG_CHIP_ID)
         if chip != CHIP_ID:
             hint = " (a BMP280, which has no humidity sensor)" if chip == BMP280_CHIP_ID else ""
-            raise SensorReadError(
-                f"{self._where}: chip id 0x{chip:02x}{hint}, want 0x{CHIP_ID:02x}"
-            )
+            raise SensorReadError(f"{self._where}: chip id 0x{chip:02x}{hint}, want 0x{CHIP_ID:02x}")
         self._wait_status_clear(bus, STATUS_IM_UPDATE, "calibration copy from NVM")
-        cal = Calibration.from_registers(
-            self._block(bus, REG_CALIB_TP, 26), self._block(bus, REG_CALIB_H, 7)
-        )
+        cal = Calibration.from_registers(self._block(bus, REG_CALIB_TP, 26), self._block(bus, REG_CALIB_H, 7))
         if cal.t1 == 0 or cal.p1 == 0 or cal.t1 == 0xFFFF or cal.p1 == 0xFFFF:
             raise SensorReadError(f"{self._where}: calibration data is blank")
         return cal

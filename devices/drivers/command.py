@@ -26,6 +26,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any, Final
 
+from devices.drivers.base import reject_unknown_params
 from devices.errors import DriverConfigError, SensorReadError
 from devices.model import Measurement
 from devices.wire import MAX_NAME_LEN
@@ -35,15 +36,6 @@ PARAMS: Final = frozenset({"argv", "command", "timeout_s", "metric", "unit"})
 DEFAULT_TIMEOUT_S: Final = 5.0
 STDERR_TAIL: Final = 200
 SHOWN_OUTPUT: Final = 80
-
-
-def _reject_unknown(params: Mapping[str, Any]) -> None:
-    unknown = sorted(set(params) - PARAMS)
-    if unknown:
-        raise DriverConfigError(
-            f"{DRIVER}: unknown param {', '.join(map(repr, unknown))}; "
-            f"valid params: {', '.join(sorted(PARAMS))}"
-        )
 
 
 def _argv(params: Mapping[str, Any]) -> list[str]:
@@ -67,9 +59,7 @@ def _argv(params: Mapping[str, Any]) -> list[str]:
         or not all(isinstance(a, str) for a in argv)
         or not argv[0]
     ):
-        raise DriverConfigError(
-            f"{DRIVER}: param 'argv' must be a non-empty list of strings, got {argv!r}"
-        )
+        raise DriverConfigError(f"{DRIVER}: param 'argv' must be a non-empty list of strings, got {argv!r}")
     return list(argv)
 
 
@@ -122,9 +112,7 @@ def parse_output(text: str, metric: str, unit: str) -> list[Measurement]:
         if isinstance(item, dict):
             extra = sorted(set(item) - {"value", "unit"})
             if "value" not in item or extra:
-                raise SensorReadError(
-                    f"metric {name!r} must be a number or {{\"value\": ..., \"unit\": ...}}"
-                )
+                raise SensorReadError(f'metric {name!r} must be a number or {{"value": ..., "unit": ...}}')
             item_unit = item.get("unit", unit)
             if not isinstance(item_unit, str) or len(item_unit) > MAX_NAME_LEN:
                 raise SensorReadError(f"metric {name!r} has unit {item_unit!r:.{SHOWN_OUTPUT}}")
@@ -143,7 +131,7 @@ class CommandDriver:
     """Runs `argv` (or `command`) once per read, without a shell, and parses its stdout."""
 
     def __init__(self, params: Mapping[str, Any]) -> None:
-        _reject_unknown(params)
+        reject_unknown_params(DRIVER, params, PARAMS)
         self.argv: tuple[str, ...] = tuple(_argv(params))
         timeout = params.get("timeout_s", DEFAULT_TIMEOUT_S)
         if (
@@ -153,8 +141,7 @@ class CommandDriver:
             or timeout <= 0
         ):
             raise DriverConfigError(
-                f"{DRIVER}: param 'timeout_s' must be a positive number of seconds, "
-                f"got {timeout!r}"
+                f"{DRIVER}: param 'timeout_s' must be a positive number of seconds, got {timeout!r}"
             )
         self.timeout_s = float(timeout)
         self.metric = _name(params, "metric", "value", empty_ok=False)
@@ -196,9 +183,7 @@ class CommandDriver:
     def read(self) -> list[Measurement]:
         returncode, stdout, stderr = self._run()
         if returncode != 0:
-            reason = (
-                f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
-            )
+            reason = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
             detail = _tail(stderr) or _tail(stdout)
             raise SensorReadError(
                 f"{DRIVER}: {self.argv[0]!r} failed ({reason})" + (f": {detail}" if detail else "")
@@ -208,8 +193,7 @@ class CommandDriver:
         except SensorReadError as exc:
             stderr_text = _tail(stderr)
             raise SensorReadError(
-                f"{DRIVER}: {self.argv[0]!r}: {exc}"
-                + (f"; stderr: {stderr_text}" if stderr_text else "")
+                f"{DRIVER}: {self.argv[0]!r}: {exc}" + (f"; stderr: {stderr_text}" if stderr_text else "")
             ) from exc
 
     def close(self) -> None:

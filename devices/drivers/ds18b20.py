@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from devices.drivers.base import reject_unknown_params
 from devices.errors import DriverConfigError, SensorReadError
 from devices.model import Measurement
 
@@ -86,28 +87,16 @@ def parse_w1_slave(text: str) -> W1Reading:
     if not any(scratchpad):
         raise SensorReadError("all-zero scratchpad (bus held low?)")
     millidegrees = int(temp_line.group(2))
-    if (
-        millidegrees == POWER_ON_RESET_MILLIDEGREES
-        and scratchpad[6] == POWER_ON_RESET_COUNT_BYTE
-    ):
+    if millidegrees == POWER_ON_RESET_MILLIDEGREES and scratchpad[6] == POWER_ON_RESET_COUNT_BYTE:
         raise SensorReadError("power-on-reset value 85.000 C: the sensor lost power mid-read")
     return W1Reading(scratchpad, millidegrees)
-
-
-def _reject_unknown(params: Mapping[str, Any]) -> None:
-    unknown = sorted(set(params) - PARAMS)
-    if unknown:
-        raise DriverConfigError(
-            f"{DRIVER}: unknown param {', '.join(map(repr, unknown))}; "
-            f"valid params: {', '.join(sorted(PARAMS))}"
-        )
 
 
 class DS18B20Driver:
     """Reads DS18B20s on the 1-Wire bus; `sensor_ids` picks some, default every `28-*` device."""
 
     def __init__(self, params: Mapping[str, Any]) -> None:
-        _reject_unknown(params)
+        reject_unknown_params(DRIVER, params, PARAMS)
         root = params.get("root", DEFAULT_ROOT)
         if not isinstance(root, str | Path) or not str(root):
             raise DriverConfigError(f"{DRIVER}: param 'root' must be a path, got {root!r}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from devices.drivers.base import reject_unknown_params
 from devices.errors import DriverConfigError, SensorReadError
 from devices.model import Measurement
 
@@ -42,15 +43,6 @@ class _ZoneReading:
     number: int
     kind: str
     millidegrees: int
-
-
-def _reject_unknown(params: Mapping[str, Any]) -> None:
-    unknown = sorted(set(params) - PARAMS)
-    if unknown:
-        raise DriverConfigError(
-            f"{DRIVER}: unknown param {', '.join(map(repr, unknown))}; "
-            f"valid params: {', '.join(sorted(PARAMS))}"
-        )
 
 
 def _zone_number(zone: str) -> int:
@@ -76,7 +68,7 @@ class LinuxThermalDriver:
     """Reads `thermal_zone*/temp` under `root` (default /sys/class/thermal)."""
 
     def __init__(self, params: Mapping[str, Any]) -> None:
-        _reject_unknown(params)
+        reject_unknown_params(DRIVER, params, PARAMS)
         root = params.get("root", DEFAULT_ROOT)
         if not isinstance(root, str | Path) or not str(root):
             raise DriverConfigError(f"{DRIVER}: param 'root' must be a path, got {root!r}")
@@ -135,9 +127,7 @@ class LinuxThermalDriver:
                     log.warning("skipping zone: %s", exc)
                     errors.append(str(exc))
             if not readings:
-                raise SensorReadError(
-                    f"{DRIVER}: no zone of {len(zones)} could be read: {errors[0]}"
-                )
+                raise SensorReadError(f"{DRIVER}: no zone of {len(zones)} could be read: {errors[0]}")
         names = metric_names([(r.number, r.kind) for r in readings])
         return [
             Measurement(metric=name, value=r.millidegrees / 1000.0, unit="C")

@@ -18,6 +18,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from devices.drivers.base import reject_unknown_params
 from devices.errors import DriverConfigError, SensorReadError
 from devices.model import Measurement
 
@@ -44,15 +45,6 @@ CPU_TEMP_CHIPS: Final = (
 )
 
 
-def _reject_unknown(params: Mapping[str, Any]) -> None:
-    unknown = sorted(set(params) - PARAMS)
-    if unknown:
-        raise DriverConfigError(
-            f"{DRIVER}: unknown param {', '.join(map(repr, unknown))}; "
-            f"valid params: {', '.join(sorted(PARAMS))}"
-        )
-
-
 def _busy_total(times: Any) -> tuple[float, float]:
     """(busy, total) CPU seconds the way psutil and htop count them."""
     # Linux already counts guest time inside user and nice.
@@ -69,22 +61,18 @@ def _cpu_temperature(sensors: Mapping[str, Sequence[Any]]) -> float:
         for entry in package or entries:
             return float(entry.current)
     found = ", ".join(sensors) or "none"
-    raise SensorReadError(
-        f"{DRIVER}: cpu_temp: no CPU sensor among psutil's temperature sensors ({found})"
-    )
+    raise SensorReadError(f"{DRIVER}: cpu_temp: no CPU sensor among psutil's temperature sensors ({found})")
 
 
 class SystemDriver:
     """Host metrics via psutil; `metrics` picks a subset, `path` the filesystem for disk_percent."""
 
     def __init__(self, params: Mapping[str, Any]) -> None:
-        _reject_unknown(params)
+        reject_unknown_params(DRIVER, params, PARAMS)
         metrics = params.get("metrics", DEFAULT_METRICS)
         valid = ", ".join(UNITS)
         if isinstance(metrics, str) or not isinstance(metrics, list | tuple) or not metrics:
-            raise DriverConfigError(
-                f"{DRIVER}: param 'metrics' must be a non-empty list drawn from: {valid}"
-            )
+            raise DriverConfigError(f"{DRIVER}: param 'metrics' must be a non-empty list drawn from: {valid}")
         for name in metrics:
             if not isinstance(name, str) or name not in UNITS:
                 raise DriverConfigError(
