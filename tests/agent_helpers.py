@@ -73,3 +73,15 @@ class RunningAgent:
     def __exit__(self, *exc: object) -> None:
         if self.thread.is_alive():
             self.stop()
+
+
+def outbox_seqs(path: Path) -> set[int]:
+    """The seqs still in an outbox (unconfirmed): with what the cloud received, they must make up
+    every seq sampled. Read directly, since they need not be the newest ones."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {seq for (seq,) in conn.execute("SELECT seq FROM outbox")}
+    finally:
+        conn.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge.outbox import read_stats
-from tests.agent_helpers import RunningAgent, agent_config
+from tests.agent_helpers import RunningAgent, agent_config, outbox_seqs
 from tests.confirmer import Confirmer, wait_for
 from tests.mosquitto import Mosquitto
 
@@ -37,7 +37,7 @@ def test_broker_outage_loses_nothing(tmp_path: Path, broker: Mosquitto) -> None:
     assert sampled_in_outage >= 250  # ~20/s for 2 + 15 s
     assert stats.dropped == 0
     # Whatever was sampled after the drain is either received or still safely in the outbox.
-    unconfirmed = set(range(stats.last_seq - stats.backlog + 1, stats.last_seq + 1))
+    unconfirmed = outbox_seqs(cfg.outbox.path)
     assert confirmer.seqs("dev-1", epoch) | unconfirmed >= set(range(1, stats.last_seq + 1))
     # The readings sampled during the outage came back as backfill, the rest live.
     assert confirmer.by_topic["backfill"] > 0
@@ -59,9 +59,7 @@ def test_unconfirmed_readings_stay_and_are_resent(tmp_path: Path, broker: Mosqui
         wait_for(lambda: agent.outbox.backlog <= 2, 20, "outbox to empty after confirmations resume")
         runner.stop()
     stats = read_stats(cfg.outbox.path, cfg.outbox.max_bytes)
-    assert set(range(1, stats.last_seq + 1)) <= confirmer.seqs("dev-1", epoch) | set(
-        range(stats.last_seq - stats.backlog + 1, stats.last_seq + 1)
-    )
+    assert set(range(1, stats.last_seq + 1)) <= confirmer.seqs("dev-1", epoch) | outbox_seqs(cfg.outbox.path)
     assert stats.confirmed >= stats.last_seq - stats.backlog
     confirmer.stop()
 

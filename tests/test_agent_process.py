@@ -16,6 +16,7 @@ import pytest
 from edge.errors import OutboxError
 from edge.outbox import OutboxStats
 from edge.outbox import read_stats as _read_stats
+from tests.agent_helpers import outbox_seqs
 from tests.confirmer import Confirmer, wait_for
 from tests.mosquitto import Mosquitto
 
@@ -114,7 +115,8 @@ def test_sigkill_mid_drain_loses_nothing(tmp_path: Path, broker: Mosquitto) -> N
     assert agent.wait(20) == 0
     final = read_stats(outbox, 1)
     assert final.epoch == epoch and final.dropped == 0
-    leftover = set(range(final.last_seq - final.backlog + 1, final.last_seq + 1))
+    leftover = outbox_seqs(outbox)
+    assert len(leftover) == final.backlog
     wait_for(
         lambda: confirmer.seqs("pi-1", epoch) | leftover >= set(range(1, final.last_seq + 1)),
         20,
