@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from devices.errors import DriverConfigError
@@ -33,3 +34,11 @@ def reject_unknown_params(driver: str, params: Mapping[str, Any], known: Iterabl
         raise DriverConfigError(
             f"{driver}: unknown param {', '.join(map(repr, unknown))}; valid params: {', '.join(valid)}"
         )
+
+
+def path_param(driver: str, params: Mapping[str, Any], key: str, default: str) -> Path:
+    """A directory param (tests point drivers at a fake sysfs tree through it)."""
+    value = params.get(key, default)
+    if not isinstance(value, str | Path) or not str(value):
+        raise DriverConfigError(f"{driver}: param {key!r} must be a path, got {value!r}")
+    return Path(value)

@@ -24,10 +24,9 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
-from devices.drivers.base import reject_unknown_params
+from devices.drivers.base import path_param, reject_unknown_params
 from devices.errors import DriverConfigError, SensorReadError
 from devices.model import Measurement
 
@@ -97,10 +96,7 @@ class DS18B20Driver:
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         reject_unknown_params(DRIVER, params, PARAMS)
-        root = params.get("root", DEFAULT_ROOT)
-        if not isinstance(root, str | Path) or not str(root):
-            raise DriverConfigError(f"{DRIVER}: param 'root' must be a path, got {root!r}")
-        self.root = Path(root)
+        self.root = path_param(DRIVER, params, "root", DEFAULT_ROOT)
         ids = params.get("sensor_ids")
         self.sensor_ids: tuple[str, ...] | None = None
         if ids is not None:
