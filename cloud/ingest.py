@@ -318,18 +318,22 @@ class _Batch:
     devices: dict[str, list[float]] = field(default_factory=dict)  # [seen_at, messages, readings]
     messages: list[tuple[object, ...]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    rows: list[ReadingRow] = field(default_factory=list)  # every reading of the batch, in order
+    pending: list[tuple[ReadingsItem, int, int, int, int]] = field(default_factory=list)
+    """(item, source_id, message_id, first row, rows) per readings message, for `_settle`."""
 
 
 class _Stream:
     """One series' detector and its two episode trackers (live and late)."""
 
-    __slots__ = ("detector", "dirty", "last", "late", "live", "series_id")
+    __slots__ = ("detector", "dirty", "last", "late", "live", "process", "series_id")
 
     def __init__(
         self, series_id: int, detector: StreamDetector, live: EpisodeTracker, late: EpisodeTracker
     ) -> None:
         self.series_id = series_id
         self.detector = detector
+        self.process = detector.process  # bound once: the hot loop calls it per reading
         self.live = live
         self.late = late
         self.last: Verdict | None = None  # the latest live verdict: late alerts borrow its range
@@ -470,6 +474,8 @@ class Pipeline:
                         self._status(item, batch)
                     else:
                         self._dead_letter(item, batch)
+                if batch.pending:
+                    self._settle(batch)
                 self._flush(batch)
         except StoreError:
             # Detectors may have learned readings that were rolled back: rebuild from the store.
@@ -508,16 +514,18 @@ class Pipeline:
             store.touch_devices([(d, v[0], int(v[1]), int(v[2])) for d, v in batch.devices.items()])
 
     def _readings(self, item: ReadingsItem, batch: _Batch) -> None:
+        """First pass over a readings message: its rows join the batch's one insert, its dead
+        letters and confirmable seqs are recorded; what it stored is settled in `_settle`."""
         store, report = self.store, batch.report
         msg = item.batch
         device, epoch, received_at = msg.device, msg.epoch, item.received_at
         src = store.source_id(device, epoch, received_at)
         mid = store.next_message_id()
-        late = int(item.late)
-        accepted = item.accepted
-        rows = store.reading_rows(src, device, accepted, mid, late)
-        inserted, first_id = store.insert_readings(rows) if rows else (0, 0)
-        seqs = [r.seq for r in accepted]
+        rows = batch.rows
+        start = len(rows)
+        rows.extend(store.reading_rows(src, device, item.accepted, mid, int(item.late)))
+        batch.pending.append((item, src, mid, start, len(rows) - start))
+        seqs = [r.seq for r in item.accepted]
         rejected = 0
         if item.dead:
             rejected = store.insert_dead_letters([d.row() for d in item.dead])
@@ -538,68 +546,83 @@ class Pipeline:
             lo, hi = min(seqs), max(seqs)
             acc = batch.sources.get(src)
             if acc is None:
-                batch.sources[src] = [inserted, rejected, lo, hi, received_at]
+                batch.sources[src] = [0, rejected, lo, hi, received_at]
             else:
-                acc[0] += inserted
                 acc[1] += rejected
                 acc[2] = min(acc[2], lo)
                 acc[3] = max(acc[3], hi)
                 acc[4] = max(acc[4], received_at)
         dev = batch.devices.get(device)
         if dev is None:
-            batch.devices[device] = [received_at, 1, inserted]
+            batch.devices[device] = [received_at, 1, 0]
         else:
             dev[0] = max(dev[0], received_at)
             dev[1] += 1
-            dev[2] += inserted
-        duplicates = len(rows) - inserted
-        report.stored += inserted
-        report.duplicates += duplicates
-        if inserted < len(rows) and inserted:  # a partial resend: only what is new counts
-            new = store.seqs_stored_by(src, mid, min(seqs), max(seqs))
-            fresh: list[ReadingRow] = []
-            for row in rows:
-                if row[1] in new:
-                    new.discard(row[1])  # a seq twice in one message counts once
-                    fresh.append(row)
-            rows = fresh
-        elif not inserted:
-            rows = []
-        tss = [row[3] for row in rows]
-        batch.messages.append(
-            (
-                mid,
-                msg.msg_id,
-                device,
-                epoch,
-                "backfill" if late else "telemetry",
-                received_at,
-                msg.sent_at,
-                len(accepted) + len(item.dead),
-                inserted,
-                duplicates,
-                len(item.dead),
-                first_id if inserted else None,
-                first_id + inserted - 1 if inserted else None,
-                min(tss) if tss else None,
-                max(tss) if tss else None,
-            )
-        )
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "msg_id=%s %s/%s: %d stored, %d duplicate, %d rejected",
-                msg.msg_id,
-                device,
-                epoch,
-                inserted,
-                duplicates,
-                len(item.dead),
-            )
         transition = self.silence.seen(device, received_at)
         if transition is not None:
             self._silence(transition, batch)
-        if rows:
-            self._detect(rows, msg.msg_id, batch)
+
+    def _settle(self, batch: _Batch) -> None:
+        """Insert every reading of the batch at once, then per message in arrival order: count
+        what was new, record the message, and let the detectors see the new readings only."""
+        rows, report = batch.rows, batch.report
+        inserted_all, next_id = self.store.insert_readings(rows) if rows else (0, 0)
+        # The common case: everything was new. Otherwise (a resend) ask which keys this batch
+        # stored; the first occurrence of a key in arrival order is the one that was stored.
+        new: set[tuple[int, int]] | None = None
+        if inserted_all < len(rows):
+            new = self.store.reading_keys_since(next_id) if inserted_all else set()
+        for item, src, mid, start, count in batch.pending:
+            msg = item.batch
+            mine = rows[start : start + count]
+            if new is not None:
+                fresh: list[ReadingRow] = []
+                for row in mine:
+                    key = (row[0], row[1])
+                    if key in new:
+                        new.discard(key)
+                        fresh.append(row)
+                mine = fresh
+            inserted = len(mine)
+            first_id, next_id = next_id, next_id + inserted
+            if inserted:
+                batch.sources[src][0] += inserted
+                batch.devices[msg.device][2] += inserted
+            duplicates = count - inserted
+            report.stored += inserted
+            report.duplicates += duplicates
+            tss = [row[3] for row in mine]
+            batch.messages.append(
+                (
+                    mid,
+                    msg.msg_id,
+                    msg.device,
+                    msg.epoch,
+                    "backfill" if item.late else "telemetry",
+                    item.received_at,
+                    msg.sent_at,
+                    count + len(item.dead),
+                    inserted,
+                    duplicates,
+                    len(item.dead),
+                    first_id if inserted else None,
+                    first_id + inserted - 1 if inserted else None,
+                    min(tss) if tss else None,
+                    max(tss) if tss else None,
+                )
+            )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "msg_id=%s %s/%s: %d stored, %d duplicate, %d rejected",
+                    msg.msg_id,
+                    msg.device,
+                    msg.epoch,
+                    inserted,
+                    duplicates,
+                    len(item.dead),
+                )
+            if mine:
+                self._detect(mine, msg.msg_id, batch)
 
     def _detect(self, rows: Sequence[ReadingRow], msg_id: str, batch: _Batch) -> None:
         """Score (and, if live, learn) newly stored readings of one message; feed episode trackers.
@@ -611,13 +634,12 @@ class Pipeline:
         new_stream = self._new_stream
         threshold = self.settings.late_threshold
         normal = Phase.NORMAL
-        for row in rows:
-            series_id, ts, value = row[2], row[3], row[4]
+        for _src, _seq, series_id, ts, value, _mid, late in rows:
             stream = streams.get(series_id)
             if stream is None:
                 stream = new_stream(series_id)
             stream.dirty = True
-            if row[6]:  # late: score only, the live state must not learn the backlog
+            if late:  # score only: the live state must not learn the backlog
                 score = stream.detector.score_one(ts, value)
                 tracker = stream.late
                 if score < threshold and tracker.phase is normal:
@@ -630,13 +652,13 @@ class Pipeline:
                     last.expected_high if last else None,
                 )
             else:
-                verdict = stream.last = stream.detector.process(ts, value)
+                verdict = stream.last = stream.process(ts, value)
                 tracker = stream.live
                 if not verdict.anomalous and tracker.phase is normal:
                     continue
             transition = tracker.observe(ts, value, verdict, msg_id=msg_id)
             if transition is not None:
-                self._episode(series_id, transition, bool(row[6]), batch)
+                self._episode(series_id, transition, bool(late), batch)
 
     def _new_stream(self, series_id: int) -> _Stream:
         policy = self.settings.episodes

@@ -234,6 +234,24 @@ def test_duplicates_are_stored_once_counted_and_acked_again(pipeline: Pipeline, 
     assert isinstance(detector, ThresholdDetector) and detector.n == 15  # duplicates not learned twice
 
 
+def test_each_message_records_exactly_the_rows_it_stored(pipeline: Pipeline, store: Store) -> None:
+    """One batch, one multi-row insert: each message still owns a contiguous id range of its
+    own new readings, duplicates of earlier messages in the same batch included."""
+    batch = [msg(range(1, 11)), msg(range(6, 16)), msg(range(3, 8)), msg([16, 16, 17])]
+    report = pipeline.ingest(batch, T0)
+    assert (report.stored, report.duplicates) == (17, 11)
+    messages = list(store.db.query("SELECT * FROM messages ORDER BY id"))
+    assert [(m["stored"], m["duplicates"]) for m in messages] == [(10, 0), (5, 5), (0, 5), (2, 1)]
+    for m in messages:
+        ids = [r["id"] for r in store.db.query("SELECT id FROM readings WHERE message_id = ?", [m["id"]])]
+        if m["stored"]:
+            assert ids == list(range(m["first_id"], m["last_id"] + 1))
+        else:
+            assert ids == [] and m["first_id"] is None
+    seqs = [r["seq"] for r in store.db.query("SELECT seq FROM readings ORDER BY id")]
+    assert seqs == list(range(1, 18))
+
+
 def test_partial_resend_feeds_only_new_readings_even_with_a_seq_twice(pipeline: Pipeline) -> None:
     pipeline.ingest([msg([1, 2, 3])], T0)
     report = pipeline.ingest([msg([2, 3, 4, 4, 5])], T0)
