@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import shlex
 import signal
 import sqlite3
 import struct
@@ -536,8 +537,10 @@ def test_the_real_command_in_a_subprocess(fleet: Fleet) -> None:
 
 
 def test_shell_completion_offers_commands_and_alert_ids(fleet: Fleet) -> None:
+    # typer finds the shell among the parent processes, as when a user types it in bash (the
+    # trailing `exit` keeps bash from exec-ing the command, so bash stays the parent).
     script = subprocess.run(
-        [sys.executable, "-m", "edgewatch", "--show-completion", "bash"],
+        ["bash", "-c", f"{shlex.quote(sys.executable)} -m edgewatch --show-completion; exit $?"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert script.returncode == 0 and "complete" in script.stdout and "_COMPLETE" in script.stdout
