@@ -135,7 +135,7 @@ if [ -d "$SOURCE" ]; then
     # Build from a clean copy: pip would otherwise write build/ and *.egg-info into the checkout.
     mkdir "$WORK/src"
     (cd "$SOURCE" && tar -cf - --sort=name --exclude=.git --exclude=.venv --exclude=venv --exclude=build \
-        --exclude=dist --exclude='*.egg-info' --exclude=__pycache__ --exclude=tests --exclude=bench .) \
+        --exclude=dist --exclude='*.egg-info' --exclude=__pycache__ --exclude='*.so' --exclude=tests --exclude=bench .) \
         >"$WORK/src.tar"
     (cd "$WORK/src" && tar -xf ../src.tar)
     DIGEST=$(cksum <"$WORK/src.tar")
@@ -150,7 +150,8 @@ WANT="$DIGEST $SPEC_EXTRAS $("$VENV/bin/python" -V 2>&1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV/bin/edgewatch" --version >/dev/null 2>&1; then
     :
 else
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$TARGET" \
+    # EDGEWATCH_COMPILE=0: the aggregator's compiled detector is of no use on a device (setup.py).
+    EDGEWATCH_COMPILE=0 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$TARGET" \
         || die "pip install failed (see above); no internet? build a wheel elsewhere and pass --source FILE.whl"
     echo "$WANT" >"$STAMP"
     CHANGED=1

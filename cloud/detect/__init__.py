@@ -3,10 +3,66 @@
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
+import os
 import pickle
+import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
-from cloud.detect.base import StreamDetector, Verdict
+NATIVE_MODULES = ("cloud.detect.calibrate", "cloud.detect.sensor")
+"""Compiled by mypyc at install time where a C compiler is available (see setup.py)."""
+
+
+class StaleNativeModule(UserWarning):
+    """A compiled detector module is older than its source: the source runs instead."""
+
+
+def _load_sources_if_stale() -> None:
+    """An edited checkout must not run the detector compiled before the edit (an editable
+    install builds the modules in place): if any compiled module is older than its source,
+    load all of them from source. EDGEWATCH_INTERPRETED=1 asks for the source regardless
+    (profilers, debuggers, and the test that compares both forms)."""
+    compiled = []
+    for name in NATIVE_MODULES:
+        spec = importlib.util.find_spec(name)
+        if name in sys.modules or spec is None or spec.origin is None or spec.origin.endswith(".py"):
+            return
+        so = Path(spec.origin)
+        compiled.append((name, so, so.with_name(name.rpartition(".")[2] + ".py")))
+    if os.environ.get("EDGEWATCH_INTERPRETED", "") not in ("", "0"):
+        stale = []
+    else:
+        stale = [name for name, so, py in compiled if py.exists() and py.stat().st_mtime > so.stat().st_mtime]
+        if not stale:
+            return
+        warnings.warn(
+            f"compiled {', '.join(stale)} older than the source: running the source "
+            "(reinstall to compile again: scripts/setup.sh)",
+            StaleNativeModule,
+            stacklevel=2,
+        )
+    for name, _so, py in compiled:
+        loader = importlib.machinery.SourceFileLoader(name, str(py))
+        spec = importlib.util.spec_from_loader(name, loader)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        loader.exec_module(module)
+
+
+_load_sources_if_stale()
+
+
+def native() -> bool:
+    """Whether the default detector runs compiled (mypyc) rather than interpreted."""
+    origin = importlib.import_module("cloud.detect.sensor").__file__ or ""
+    return not origin.endswith(".py")
+
+
+from cloud.detect.base import StreamDetector, Verdict  # noqa: E402 - after the stale check
 
 DEFAULT_DETECTOR = "default"
 DETECTORS: dict[str, str] = {
@@ -47,4 +103,5 @@ __all__ = [
     "Verdict",
     "detector_from_bytes",
     "make_detector",
+    "native",
 ]

@@ -14,6 +14,7 @@ the shape of its tail (duty cycles, quantisation, load bursts). Updates are O(1)
 from __future__ import annotations
 
 import math
+from typing import Any
 
 RATE_GAIN = 0.002  # the exceedance rate is an EWMA over about 500 scores
 LOG_RATE_DECAY = math.log(1.0 - RATE_GAIN)
@@ -33,6 +34,14 @@ class TailThreshold:
     """
 
     __slots__ = ("_down", "_log_risk", "_up", "beta", "floor", "log_rate", "t", "threshold")
+
+    def __getstate__(self) -> dict[str, float]:
+        # Named state, so a checkpoint loads alike in the interpreted and the compiled class.
+        return {name: getattr(self, name) for name in _TAIL_STATE}
+
+    def __setstate__(self, state: object) -> None:
+        for name, value in state_items(state):
+            setattr(self, name, value)
 
     def __init__(
         self,
@@ -67,6 +76,19 @@ class TailThreshold:
         self.threshold = threshold if threshold > self.floor else self.floor
 
 
+_TAIL_STATE = ("_down", "_log_risk", "_up", "beta", "floor", "log_rate", "t", "threshold")
+
+
+def state_items(state: object) -> list[tuple[str, Any]]:
+    """Attribute pairs from a pickled state: our named dict, or the (None, dict) that default
+    pickling of a slotted class wrote before there was one (checkpoints of earlier versions)."""
+    if isinstance(state, tuple) and len(state) == 2 and state[0] is None:
+        state = state[1]
+    if not isinstance(state, dict):
+        raise TypeError(f"not a detector state: {type(state).__name__}")
+    return list(state.items())
+
+
 def at_threshold(raw: float, threshold: float) -> float:
     """Map a raw score in [0, 1] onto [0, 1] so that `threshold` lands on exactly 0.5.
 
@@ -84,4 +106,4 @@ def at_threshold(raw: float, threshold: float) -> float:
     return 0.5 * raw / threshold
 
 
-__all__ = ["TailThreshold", "at_threshold"]
+__all__ = ["TailThreshold", "at_threshold", "state_items"]

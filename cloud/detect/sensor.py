@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from itertools import pairwise
 
 from cloud.detect.base import Verdict
-from cloud.detect.calibrate import TailThreshold
+from cloud.detect.calibrate import TailThreshold, state_items
 
 _INF = math.inf
 _sqrt = math.sqrt
@@ -59,6 +59,38 @@ REPEAT_TOL = 0.25  # a step below this many scales counts as "not moving"
 REPEAT_GAIN = 0.01
 STUCK_NATS = 12.0  # surprise (nats) of a run of repeats that makes a fault
 PATIENCE = 6 * 3600.0  # anomalous this long without a break: accept it as the new normal
+
+
+_SENSOR_STATE = (
+    "_boot",
+    "alt_dev",
+    "alt_level",
+    "alt_seen",
+    "cal",
+    "dev",
+    "dt_typ",
+    "env_ts",
+    "flag_run",
+    "flag_since",
+    "has_alt",
+    "hi",
+    "last_ts",
+    "level",
+    "lo",
+    "n",
+    "pend",
+    "pend_dev",
+    "pend_level",
+    "pend_n",
+    "pend_step",
+    "prev",
+    "prev_flagged",
+    "quantum",
+    "rep_cost",
+    "rep_p",
+    "run",
+    "t0",
+)
 
 
 class SensorDetector:
@@ -106,6 +138,14 @@ class SensorDetector:
         "run",
         "t0",
     )
+
+    def __getstate__(self) -> dict[str, object]:
+        # Named state, so a checkpoint loads alike in the interpreted and the compiled class.
+        return {name: getattr(self, name) for name in _SENSOR_STATE}
+
+    def __setstate__(self, state: object) -> None:
+        for name, value in state_items(state):
+            setattr(self, name, value)
 
     def __init__(self, *, seed: int = 0, risk: float = 1e-4) -> None:
         self.cal = TailThreshold(risk=risk)
