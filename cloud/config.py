@@ -40,8 +40,11 @@ class AggregatorConfig:
     keepalive: int = 30
     metrics_port: int = 0  # 0 = no Prometheus endpoint
     detector: str = "default"
-    # Writes: one transaction per batch of at most this many messages, waiting at most `linger`.
-    batch_max_messages: int = 500
+    # Writes: one transaction per batch of at most this many messages and (after the first)
+    # bytes of payload, waiting at most `linger` for more. Bigger batches are cheaper per
+    # reading (bench/RESULTS.md); the byte cap bounds how long one holds the loop.
+    batch_max_messages: int = 2000
+    batch_max_bytes: int = 8 * 1024 * 1024
     batch_linger: float = 0.01
     max_inbox: int = 200_000  # received, unwritten messages kept; beyond it new ones are shed
     ack_interval: float = 1.0  # at most one confirmation per device per interval
@@ -75,6 +78,7 @@ class AggregatorConfig:
 
 _POSITIVE = (
     "batch_max_messages",
+    "batch_max_bytes",
     "max_inbox",
     "ack_interval",
     "checkpoint_interval",

@@ -277,8 +277,8 @@ class Aggregator:
                 continue
             if len(inbox) < limit and config.batch_linger > 0 and not self._stopping:
                 await asyncio.sleep(config.batch_linger)
-            batch = inbox[:limit]
-            del inbox[:limit]
+            batch = inbox[: _batch_end(inbox, limit, config.batch_max_bytes)]
+            del inbox[: len(batch)]
             await self._ingest(batch)
 
     async def _ingest(self, batch: Sequence[Inbound]) -> None:
@@ -357,6 +357,16 @@ class Aggregator:
             except StoreError as exc:
                 self.metrics.store_errors.inc()
                 log.error("periodic work failed: %s", exc)
+
+
+def _batch_end(inbox: Sequence[Inbound], max_messages: int, max_bytes: int) -> int:
+    """How many messages from the head of the inbox make the next batch (at least one)."""
+    size = 0
+    for n, message in enumerate(inbox[:max_messages]):
+        size += len(message.payload)
+        if size > max_bytes and n:
+            return n
+    return min(len(inbox), max_messages)
 
 
 def _freeze_long_lived() -> None:

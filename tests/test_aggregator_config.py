@@ -11,7 +11,8 @@ import pytest
 
 from cloud.config import AggregatorConfig, load_config
 from cloud.errors import ConfigError, StoreError
-from cloud.service import Aggregator, backoff
+from cloud.ingest import Inbound
+from cloud.service import Aggregator, _batch_end, backoff
 from devices import wire
 
 
@@ -164,3 +165,12 @@ def test_cancel_outlasts_a_task_that_swallows_its_cancellation() -> None:
         return asyncio.get_running_loop().time() - start
 
     assert asyncio.run(main()) < 5
+
+
+def test_a_batch_is_cut_by_message_count_and_by_payload_bytes() -> None:
+    inbox = [Inbound("t", b"x" * 100, 0.0) for _ in range(10)]
+    assert _batch_end(inbox, 4, 10_000) == 4
+    assert _batch_end(inbox, 10, 350) == 3
+    assert _batch_end(inbox, 10, 50) == 1  # one oversized message still makes a batch
+    assert _batch_end(inbox[:2], 10, 10_000) == 2
+    assert _batch_end([], 10, 10_000) == 0
