@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +124,27 @@ def test_checkpoints_written_before_the_named_state_still_resume() -> None:
         det.process(60.0 * i, 20.3) for i in range(200, 260)
     ]
     assert legacy.to_bytes() == det.to_bytes()
+
+
+@pytest.mark.skipif(not native(), reason="the detector is not compiled here")
+def test_a_compiled_module_whose_source_changed_is_not_run(tmp_path: Path) -> None:
+    """An editable checkout compiles in place; after an edit the source must run, not the
+    module compiled before it (and a warning says so)."""
+    shutil.copytree(REPO / "cloud", tmp_path / "cloud", ignore=shutil.ignore_patterns("__pycache__"))
+    for group in REPO.glob("*__mypyc*.so"):  # mypyc's shared runtime for the compiled modules
+        shutil.copy(group, tmp_path)
+    probe = "from cloud.detect import native; print(native())"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "EDGEWATCH_INTERPRETED": "0"}
+
+    def run_probe() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
+        )
+
+    fresh = run_probe()
+    assert (fresh.returncode, fresh.stdout.strip(), fresh.stderr) == (0, "True", "")
+    with (tmp_path / "cloud/detect/calibrate.py").open("a") as source:
+        source.write("\n# edited after compiling\n")
+    edited = run_probe()
+    assert (edited.returncode, edited.stdout.strip()) == (0, "False")
+    assert "StaleNativeModule" in edited.stderr and "cloud.detect.calibrate" in edited.stderr

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
+import json
 import os
 import pickle
 import sys
@@ -21,36 +23,46 @@ class StaleNativeModule(UserWarning):
 
 
 def _load_sources_if_stale() -> None:
-    """An edited checkout must not run the detector compiled before the edit (an editable
-    install builds the modules in place): if any compiled module is older than its source,
-    load all of them from source. EDGEWATCH_INTERPRETED=1 asks for the source regardless
-    (profilers, debuggers, and the test that compares both forms)."""
+    """Never run a compiled detector whose source has changed since it was compiled (an
+    editable checkout builds the modules in place, then someone edits the source): if any
+    compiled module's source differs from what setup.py recorded, load all of them from source.
+    EDGEWATCH_INTERPRETED=1 asks for the source regardless (profilers, debuggers, and the test
+    that compares both forms)."""
     compiled = []
     for name in NATIVE_MODULES:
         spec = importlib.util.find_spec(name)
         if name in sys.modules or spec is None or spec.origin is None or spec.origin.endswith(".py"):
             return
-        so = Path(spec.origin)
-        compiled.append((name, so, so.with_name(name.rpartition(".")[2] + ".py")))
-    if os.environ.get("EDGEWATCH_INTERPRETED", "") not in ("", "0"):
-        stale = []
-    else:
-        stale = [name for name, so, py in compiled if py.exists() and py.stat().st_mtime > so.stat().st_mtime]
+        compiled.append((name, Path(spec.origin).with_name(name.rpartition(".")[2] + ".py")))
+    if os.environ.get("EDGEWATCH_INTERPRETED", "") in ("", "0"):
+        stale = _changed_since_compiled(compiled)
         if not stale:
             return
         warnings.warn(
-            f"compiled {', '.join(stale)} older than the source: running the source "
+            f"compiled {', '.join(stale)} differs from its source: running the source "
             "(reinstall to compile again: scripts/setup.sh)",
             StaleNativeModule,
             stacklevel=2,
         )
-    for name, _so, py in compiled:
-        loader = importlib.machinery.SourceFileLoader(name, str(py))
+    for name, source in compiled:
+        loader = importlib.machinery.SourceFileLoader(name, str(source))
         spec = importlib.util.spec_from_loader(name, loader)
         assert spec is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         loader.exec_module(module)
+
+
+def _changed_since_compiled(compiled: list[tuple[str, Path]]) -> list[str]:
+    try:
+        recorded = json.loads(Path(__file__).with_name("native-sources.json").read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    return [
+        name
+        for name, source in compiled
+        if recorded.get(source.stem) != hashlib.sha256(source.read_bytes()).hexdigest()
+    ]
 
 
 _load_sources_if_stale()
