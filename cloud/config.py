@@ -43,8 +43,8 @@ class AggregatorConfig:
     # Writes: one transaction per batch of at most this many messages and (after the first)
     # bytes of payload, waiting at most `linger` for more. Bigger batches are cheaper per
     # reading (bench/RESULTS.md); the byte cap bounds how long one holds the loop.
-    batch_max_messages: int = 2000
-    batch_max_bytes: int = 8 * 1024 * 1024
+    batch_max_messages: int = 5000
+    batch_max_bytes: int = 16 * 1024 * 1024
     batch_linger: float = 0.01
     max_inbox: int = 200_000  # received, unwritten messages kept; beyond it new ones are shed
     ack_interval: float = 1.0  # at most one confirmation per device per interval

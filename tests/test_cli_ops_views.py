@@ -5,7 +5,6 @@ No database and no broker: records are built by hand, outputs are strings and by
 
 from __future__ import annotations
 
-import doctest
 import struct
 import subprocess
 import sys
@@ -45,12 +44,6 @@ def readings(start: float, n: int, spike_at: int | None = None) -> list[StoredRe
         )
         for i in range(n)
     ]
-
-
-@pytest.mark.parametrize("module", [views, png])
-def test_doctests(module: object) -> None:
-    failures, tried = doctest.testmod(module)  # type: ignore[arg-type]
-    assert tried > 0 and failures == 0
 
 
 def test_parse_since_accepts_durations_and_iso_times() -> None:

@@ -197,6 +197,18 @@ def test_status_decodes_with_retained_flag() -> None:
 # confirmations
 
 
+def test_ack_coalescer_confirms_exactly_the_seqs_received() -> None:
+    """Never a seq that did not arrive: [1, 1, 3] spans three slots but 2 is missing."""
+    acks = AckCoalescer(interval=1.0)
+    acks.add(DEV, "e1", [1, 1, 3])
+    acks.add(DEV, "e1", [9, 7, 8])
+    acks.add(DEV, "e1", [4, 5])
+    acks.add(DEV, "e2", [2])
+    acks.requeue(Ack(DEV, "e1", ((20, 22),)))
+    assert acks.due(T0) == [Ack(DEV, "e1", ((1, 1), (3, 5), (7, 9), (20, 22))), Ack(DEV, "e2", ((2, 2),))]
+    assert acks.due(T0 + 5) == []
+
+
 def test_ack_coalescer_releases_once_per_interval_per_device() -> None:
     c = AckCoalescer(interval=1.0)
     c.add("a", "e1", [3, 1, 2])

@@ -148,3 +148,18 @@ def test_a_compiled_module_whose_source_changed_is_not_run(tmp_path: Path) -> No
     edited = run_probe()
     assert (edited.returncode, edited.stdout.strip()) == (0, "False")
     assert "StaleNativeModule" in edited.stderr and "cloud.detect.calibrate" in edited.stderr
+
+
+def test_docstring_examples_of_the_compiled_modules_hold_in_their_source() -> None:
+    """doctest cannot see into compiled modules (tests/test_doctests.py); run their source."""
+    probe = (
+        "import doctest, cloud.detect.sensor as s, cloud.detect.calibrate as c\n"
+        "r = [doctest.testmod(m) for m in (s, c)]\n"
+        "print(sum(x.attempted for x in r), sum(x.failed for x in r))"
+    )
+    env = {**os.environ, "EDGEWATCH_INTERPRETED": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO, check=False
+    )
+    attempted, failed = map(int, done.stdout.split())
+    assert attempted >= 4 and failed == 0, done.stdout + done.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import json
 import math
 import random
@@ -49,11 +48,6 @@ DAY = 86_400.0
 
 def series(model: simulators.signals.SignalModel, n: int, period: float = 60.0) -> list[float]:
     return [model.step(T0 + period * i) for i in range(n)]
-
-
-@pytest.mark.parametrize("module", [simulators.signals, simulators.faults])
-def test_doctests(module: object) -> None:
-    assert doctest.testmod(module).failed == 0  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kind", SIGNAL_KINDS)
