@@ -47,6 +47,7 @@ T = TypeVar("T")
 
 SUBSCRIPTIONS = [(wire.SUB_TELEMETRY, 1), (wire.SUB_BACKFILL, 1), (wire.SUB_STATUS, 1)]
 PUBLISH_TIMEOUT = 10.0
+PUBLISH_WINDOW = 256  # publishes awaiting their PUBACK at once
 RETENTION_EVERY = 3600.0
 
 
@@ -317,10 +318,18 @@ class Aggregator:
         publications, self._publications = self._publications, []
         if not acks and not publications:
             return
+        # A sliding window: aiomqtt scans every pending call on each publish, and paho every
+        # unacknowledged message on each PUBACK, so 1,000 acks at once cost a million steps.
+        window = asyncio.Semaphore(PUBLISH_WINDOW)
+
+        async def publish(topic: str, payload: bytes) -> None:
+            async with window:
+                await client.publish(topic, payload, qos=1)
+
         jobs: list[Awaitable[None]] = [
-            client.publish(wire.device_topic(a.device, wire.ACK), wire.encode_ack(a), qos=1) for a in acks
+            publish(wire.device_topic(a.device, wire.ACK), wire.encode_ack(a)) for a in acks
         ]
-        jobs += [client.publish(p.topic, p.payload, qos=1) for p in publications]
+        jobs += [publish(p.topic, p.payload) for p in publications]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         ack_results, pub_results = results[: len(acks)], results[len(acks) :]
         failed_acks = [a for a, r in zip(acks, ack_results, strict=True) if isinstance(r, BaseException)]
