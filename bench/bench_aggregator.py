@@ -44,8 +44,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cloud.config import AggregatorConfig  # noqa: E402
-from cloud.detect import native  # noqa: E402
+from cloud.detect.native import compiled  # noqa: E402
 from cloud.ingest import Inbound, Pipeline, PipelineSettings, decode_inbound  # noqa: E402
+from cloud.service import tune_gc  # noqa: E402
 from cloud.store import Store  # noqa: E402
 from devices import wire  # noqa: E402
 
@@ -237,8 +238,8 @@ def preload(broker: Any, messages: list[tuple[str, bytes]], sessions: list[str])
 
 async def drain_decode_only(broker: Any, total: int) -> float:
     """The ceiling: the aggregator's own receive path (aiomqtt with a queue whose put_nowait
-    takes each message as paho hands it over, no task per message), each message decoded
-    through `ingest.decode_inbound` and dropped."""
+    takes each message as paho hands it over, no task per message) and garbage-collector
+    settings, each message decoded through `ingest.decode_inbound` and dropped."""
     import aiomqtt
 
     got = [0]
@@ -251,6 +252,7 @@ async def drain_decode_only(broker: Any, total: int) -> float:
             if got[0] >= total:
                 done.set()
 
+    tune_gc()  # the collector settings the service runs with
     async with aiomqtt.Client(
         broker.host,
         broker.port,
@@ -366,7 +368,7 @@ def main() -> None:
     print(
         f"{args.devices} devices x {args.messages_per_device} messages x {per_message} readings "
         f"= {total:,} readings ({len(messages):,} messages, ~{len(messages[0][1])} bytes each), "
-        f"detector={args.detector} ({'compiled' if native() else 'interpreted'}); "
+        f"detector={args.detector} ({'compiled' if compiled() else 'interpreted'}); "
         f"after {warmup_per_device * args.samples} warm-up readings per stream"
     )
     if not args.no_in_process:

@@ -33,6 +33,7 @@ import aiomqtt
 
 from cloud.alerts import EpisodePolicy, SilencePolicy
 from cloud.config import AggregatorConfig
+from cloud.detect.native import compiled
 from cloud.errors import CloudError, ConfigError, StoreError
 from cloud.ingest import Inbound, Pipeline, PipelineSettings, Publication
 from cloud.metrics import Metrics
@@ -126,7 +127,9 @@ class Aggregator:
         self._pipeline = await self._call_slow(
             Pipeline, self._store, settings_from(self.config), now=time.time()
         )
-        _freeze_long_lived()
+        tune_gc()
+        if self.config.detector in ("default", "sensor"):
+            log.info("detector %s runs %s", self.config.detector, "compiled" if compiled() else "interpreted")
         if self.pipeline.replayed:
             log.info("resumed: %d readings replayed through the detectors", self.pipeline.replayed)
 
@@ -378,9 +381,10 @@ def _batch_end(inbox: Sequence[Inbound], max_messages: int, max_bytes: int) -> i
     return min(len(inbox), max_messages)
 
 
-def _freeze_long_lived() -> None:
+def tune_gc() -> None:
     """Move what exists after start-up (detectors, series maps, modules) out of the collector's
-    reach: a full collection otherwise rescans them all while the fleet streams in."""
+    reach, and collect young objects less often: a full collection otherwise rescans them all
+    while the fleet streams in, and a batch allocates a few objects per reading."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)

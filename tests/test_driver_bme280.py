@@ -250,12 +250,8 @@ def test_double_and_integer_formulas_agree_over_the_sensor_range() -> None:
             result = compensate(cal, adc_t, adc_p, adc_h)
             t_centi, t_fine = int_temperature(cal, adc_t)
             assert result.temperature_c == pytest.approx(t_centi / 100.0, abs=0.006)
-            assert result.pressure_hpa == pytest.approx(
-                int_pressure(cal, adc_p, t_fine) / 25600.0, abs=0.01
-            )
-            assert result.humidity_rh == pytest.approx(
-                int_humidity(cal, adc_h, t_fine) / 1024.0, abs=0.01
-            )
+            assert result.pressure_hpa == pytest.approx(int_pressure(cal, adc_p, t_fine) / 25600.0, abs=0.01)
+            assert result.humidity_rh == pytest.approx(int_humidity(cal, adc_h, t_fine) / 1024.0, abs=0.01)
             assert -50.0 < result.temperature_c < 90.0
             assert 0.0 <= result.humidity_rh <= 100.0
 

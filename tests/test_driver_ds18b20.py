@@ -186,9 +186,7 @@ def test_a_failing_configured_sensor_names_itself(w1: Path) -> None:
         driver.read()
 
 
-def test_discovery_skips_a_failing_sensor_with_a_warning(
-    w1: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_discovery_skips_a_failing_sensor_with_a_warning(w1: Path, caplog: pytest.LogCaptureFixture) -> None:
     put_sensor(w1, "28-000005e2fdc3", POWER_ON_RESET)
     with caplog.at_level(logging.WARNING, logger="devices.drivers.ds18b20"):
         got = DS18B20Driver({"root": str(w1)}).read()

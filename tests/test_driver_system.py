@@ -39,9 +39,7 @@ class FakeHost:
         self.temps: dict[str, list[Temp]] = {}
         monkeypatch.setattr(psutil, "cpu_times", self.cpu_times)
         monkeypatch.setattr(psutil, "getloadavg", lambda: (0.42, 0.3, 0.2))
-        monkeypatch.setattr(
-            psutil, "virtual_memory", lambda: Memory(8e9, 2.92e9, self.memory_percent)
-        )
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory(8e9, 2.92e9, self.memory_percent))
         monkeypatch.setattr(psutil, "disk_usage", self.disk_usage)
         monkeypatch.setattr(psutil, "sensors_temperatures", lambda: self.temps, raising=False)
 
@@ -119,9 +117,7 @@ def test_cpu_temp_without_a_cpu_sensor_is_a_read_error(host: FakeHost) -> None:
         SystemDriver({"metrics": ["cpu_temp"]}).read()
 
 
-def test_cpu_temp_where_psutil_has_no_sensors_api(
-    host: FakeHost, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cpu_temp_where_psutil_has_no_sensors_api(host: FakeHost, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(psutil, "sensors_temperatures")
     with pytest.raises(SensorReadError, match="cpu_temp"):
         SystemDriver({"metrics": ["cpu_temp"]}).read()

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.detect import make_detector, native
+from cloud.detect import make_detector
+from cloud.detect.native import compiled as is_compiled
 
 REPO = Path(__file__).resolve().parent.parent
 SPLIT = 1500
@@ -51,7 +52,8 @@ def streams() -> list[list[tuple[float, float]]]:
 
 RUN = """
 import base64, json, sys
-from cloud.detect import detector_from_bytes, make_detector, native
+from cloud.detect import detector_from_bytes, make_detector
+from cloud.detect.native import compiled as native
 job = json.load(sys.stdin)
 out = {"native": native(), "verdicts": [], "checkpoints": []}
 for k, points in enumerate(job["streams"]):
@@ -85,7 +87,9 @@ def same(a: object, b: object) -> bool:
 
 @pytest.mark.skipif(os.environ.get("EDGEWATCH_COMPILE") == "0", reason="installed with EDGEWATCH_COMPILE=0")
 def test_the_installed_default_detector_is_compiled() -> None:
-    assert native(), "cloud.detect.sensor is not compiled: reinstall (scripts/setup.sh) with a C compiler"
+    assert is_compiled(), (
+        "cloud.detect.sensor is not compiled: reinstall (scripts/setup.sh) with a C compiler"
+    )
 
 
 def test_compiled_and_interpreted_give_identical_verdicts_and_resume_each_others_checkpoints() -> None:
@@ -94,7 +98,7 @@ def test_compiled_and_interpreted_give_identical_verdicts_and_resume_each_others
     compiled = run(whole, interpreted=False)
     interpreted = run(whole, interpreted=True)
     assert interpreted["native"] is False
-    assert compiled["native"] is native()
+    assert compiled["native"] is is_compiled()
     assert same(compiled["verdicts"], interpreted["verdicts"])
     flagged = sum(v[1] for stream in interpreted["verdicts"] for v in stream)  # type: ignore[attr-defined]
     assert 20 <= flagged < 3000, flagged  # faults were seen and not everything: not a comparison of silence
@@ -126,14 +130,14 @@ def test_checkpoints_written_before_the_named_state_still_resume() -> None:
     assert legacy.to_bytes() == det.to_bytes()
 
 
-@pytest.mark.skipif(not native(), reason="the detector is not compiled here")
+@pytest.mark.skipif(not is_compiled(), reason="the detector is not compiled here")
 def test_a_compiled_module_whose_source_changed_is_not_run(tmp_path: Path) -> None:
     """An editable checkout compiles in place; after an edit the source must run, not the
     module compiled before it (and a warning says so)."""
     shutil.copytree(REPO / "cloud", tmp_path / "cloud", ignore=shutil.ignore_patterns("__pycache__"))
     for group in REPO.glob("*__mypyc*.so"):  # mypyc's shared runtime for the compiled modules
         shutil.copy(group, tmp_path)
-    probe = "from cloud.detect import native; print(native())"
+    probe = "from cloud.detect.native import compiled; print(compiled())"
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "EDGEWATCH_INTERPRETED": "0"}
 
     def run_probe() -> subprocess.CompletedProcess[str]:
