@@ -21,6 +21,10 @@ LOG_RATE_DECAY = math.log(1.0 - RATE_GAIN)
 EXCESS_GAIN = 0.05  # the mean excess is an EWMA over about 50 exceedances
 
 
+# The attributes, which are also the checkpoint's named state (__getstate__).
+_TAIL_STATE = ("_down", "_log_risk", "_up", "beta", "floor", "log_rate", "t", "threshold")
+
+
 class TailThreshold:
     """Running extreme-value threshold for a non-negative score.
 
@@ -33,15 +37,13 @@ class TailThreshold:
     4.6
     """
 
-    __slots__ = ("_down", "_log_risk", "_up", "beta", "floor", "log_rate", "t", "threshold")
+    __slots__ = _TAIL_STATE
 
-    def __getstate__(self) -> dict[str, float]:
-        # Named state, so a checkpoint loads alike in the interpreted and the compiled class.
-        return {name: getattr(self, name) for name in _TAIL_STATE}
+    def __getstate__(self) -> dict[str, Any]:
+        return named_state(self, _TAIL_STATE)
 
     def __setstate__(self, state: object) -> None:
-        for name, value in state_items(state):
-            setattr(self, name, value)
+        restore_state(self, state)
 
     def __init__(
         self,
@@ -76,17 +78,21 @@ class TailThreshold:
         self.threshold = threshold if threshold > self.floor else self.floor
 
 
-_TAIL_STATE = ("_down", "_log_risk", "_up", "beta", "floor", "log_rate", "t", "threshold")
+def named_state(obj: object, names: tuple[str, ...]) -> dict[str, Any]:
+    """A checkpoint's state by attribute name: it loads alike in the interpreted and the
+    compiled (mypyc) class, whose default pickles differ."""
+    return {name: getattr(obj, name) for name in names}
 
 
-def state_items(state: object) -> list[tuple[str, Any]]:
-    """Attribute pairs from a pickled state: our named dict, or the (None, dict) that default
-    pickling of a slotted class wrote before there was one (checkpoints of earlier versions)."""
+def restore_state(obj: object, state: object) -> None:
+    """Set attributes from `named_state`, or from the (None, dict) that default pickling of a
+    slotted class wrote before there was a named state (checkpoints of earlier versions)."""
     if isinstance(state, tuple) and len(state) == 2 and state[0] is None:
         state = state[1]
     if not isinstance(state, dict):
         raise TypeError(f"not a detector state: {type(state).__name__}")
-    return list(state.items())
+    for name, value in state.items():
+        setattr(obj, name, value)
 
 
 def at_threshold(raw: float, threshold: float) -> float:
@@ -106,4 +112,4 @@ def at_threshold(raw: float, threshold: float) -> float:
     return 0.5 * raw / threshold
 
 
-__all__ = ["TailThreshold", "at_threshold", "state_items"]
+__all__ = ["TailThreshold", "at_threshold", "named_state", "restore_state"]

@@ -30,9 +30,10 @@ import pickle
 import statistics
 from collections.abc import Iterator
 from itertools import pairwise
+from typing import Any
 
 from cloud.detect.base import Verdict
-from cloud.detect.calibrate import TailThreshold, state_items
+from cloud.detect.calibrate import TailThreshold, named_state, restore_state
 
 _INF = math.inf
 _sqrt = math.sqrt
@@ -61,6 +62,7 @@ STUCK_NATS = 12.0  # surprise (nats) of a run of repeats that makes a fault
 PATIENCE = 6 * 3600.0  # anomalous this long without a break: accept it as the new normal
 
 
+# The attributes, which are also the checkpoint's named state (__getstate__).
 _SENSOR_STATE = (
     "_boot",
     "alt_dev",
@@ -108,44 +110,13 @@ class SensorDetector:
 
     name = "sensor"
 
-    __slots__ = (
-        "_boot",
-        "alt_dev",
-        "alt_level",
-        "alt_seen",
-        "cal",
-        "dev",
-        "dt_typ",
-        "env_ts",
-        "flag_run",
-        "flag_since",
-        "has_alt",
-        "hi",
-        "last_ts",
-        "level",
-        "lo",
-        "n",
-        "pend",
-        "pend_dev",
-        "pend_level",
-        "pend_n",
-        "pend_step",
-        "prev",
-        "prev_flagged",
-        "quantum",
-        "rep_cost",
-        "rep_p",
-        "run",
-        "t0",
-    )
+    __slots__ = _SENSOR_STATE
 
-    def __getstate__(self) -> dict[str, object]:
-        # Named state, so a checkpoint loads alike in the interpreted and the compiled class.
-        return {name: getattr(self, name) for name in _SENSOR_STATE}
+    def __getstate__(self) -> dict[str, Any]:
+        return named_state(self, _SENSOR_STATE)
 
     def __setstate__(self, state: object) -> None:
-        for name, value in state_items(state):
-            setattr(self, name, value)
+        restore_state(self, state)
 
     def __init__(self, *, seed: int = 0, risk: float = 1e-4) -> None:
         self.cal = TailThreshold(risk=risk)
