@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepares a fresh Debian/Ubuntu machine: mosquitto (with apt-get when root), a venv in .venv with
-# edgewatch and the extras named in $1 (default: dev). Safe to run again.
+# Prepares a fresh Debian/Ubuntu machine: mosquitto, a C compiler and Python's headers (with
+# apt-get when root), a venv in .venv with edgewatch and the extras named in $1 (default: dev).
+# Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-dev}"
@@ -15,6 +16,14 @@ if ! python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; th
 fi
 if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
   need_apt+=(python3-venv)
+fi
+# A C compiler and Python's headers let pip compile the aggregator's detector (setup.py); without
+# them it runs interpreted, at twice the CPU per reading.
+if ! command -v cc >/dev/null 2>&1; then
+  need_apt+=(gcc libc6-dev)
+fi
+if ! python3 -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null; then
+  need_apt+=(python3-dev)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
