@@ -150,15 +150,10 @@ class Aggregator:
         attempt = 0
         while not stop.is_set():
             try:
-                async with self._client() as client:
-                    client.pending_calls_threshold = 1 << 30  # we publish many acks at once
-                    await client.subscribe(SUBSCRIPTIONS)
-                    log.info("connected to %s as %s", self.url.redacted(), config.client_id)
-                    attempt = 0
-                    self.metrics.connected.set(1)
-                    self.connected.set()
-                    await self._session(client, stop)
+                await self._connect_and_serve(stop)
             except aiomqtt.MqttError as exc:
+                if self.connected.is_set():  # it had connected: back off from the start again
+                    attempt = 0
                 self.connected.clear()
                 self.metrics.connected.set(0)
                 if stop.is_set():
@@ -173,6 +168,35 @@ class Aggregator:
         self.connected.clear()
         self.metrics.connected.set(0)
         await self._finish_offline()
+
+    async def _connect_and_serve(self, stop: asyncio.Event) -> None:
+        """One connection: serve it until it drops (MqttError) or `stop` is set.
+
+        A stop while still connecting (a broker that accepts TCP and never answers keeps
+        aiomqtt waiting up to its timeout) abandons the attempt at once; once connected, the
+        session itself stops cleanly (final batch, confirmations, checkpoint).
+        """
+        serving = asyncio.create_task(self._serve(stop), name="connection")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not serving.done() and not self.connected.is_set():
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+                return
+            await serving
+        finally:
+            await _cancel([serving, stopping])
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        async with self._client() as client:
+            client.pending_calls_threshold = 1 << 30  # we publish many acks at once
+            await client.subscribe(SUBSCRIPTIONS)
+            log.info("connected to %s as %s", self.url.redacted(), self.config.client_id)
+            self.metrics.connected.set(1)
+            self.connected.set()
+            await self._session(client, stop)
 
     def _client(self) -> aiomqtt.Client:
         url, config = self.url, self.config

@@ -174,3 +174,39 @@ def test_a_batch_is_cut_by_message_count_and_by_payload_bytes() -> None:
     assert _batch_end(inbox, 10, 50) == 1  # one oversized message still makes a batch
     assert _batch_end(inbox[:2], 10, 10_000) == 2
     assert _batch_end([], 10, 10_000) == 0
+
+
+def test_stop_while_connecting_to_a_broker_that_never_answers_is_prompt(tmp_path: Path) -> None:
+    """A broker that accepts TCP and never sends CONNACK kept `stop` waiting for the connect
+    timeout (10 s); a stop must abandon the attempt at once and still close the store."""
+
+    async def scenario() -> float:
+        held: list[asyncio.StreamWriter] = []
+        connecting = asyncio.Event()
+
+        async def mute(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)  # read nothing, answer nothing
+            connecting.set()
+
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        config = AggregatorConfig(broker=f"mqtt://127.0.0.1:{port}", db=str(tmp_path / "c.db"))
+        aggregator = Aggregator(config)
+        await aggregator.open()
+        stop = asyncio.Event()
+        task = asyncio.create_task(aggregator.run(stop))
+        await asyncio.wait_for(connecting.wait(), 5)  # the connection attempt is under way
+        await asyncio.sleep(0.2)
+        started = asyncio.get_running_loop().time()
+        stop.set()
+        await asyncio.wait_for(task, 8)
+        elapsed = asyncio.get_running_loop().time() - started
+        await aggregator.close()
+        assert not aggregator.connected.is_set()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        return elapsed
+
+    assert asyncio.run(scenario()) < 2.0
