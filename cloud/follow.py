@@ -100,12 +100,14 @@ def format_alert(alert: AlertEvent) -> str:
     )
     value = f" value {alert.value:.4g}" if alert.value is not None else ""
     late = " [magenta]LATE[/]" if alert.late else ""
+    # The same labels as `alerts list`: sensor/metric (v1.1 alerts), the metric alone, or "-".
+    series = f"{alert.sensor}/{alert.metric}" if alert.sensor and alert.metric else (alert.metric or "-")
     if alert.state is AlertState.OPEN:
         head = f"[bold red]OPEN  [/] {alert.kind:<7}"
     else:
         head = f"[green]CLOSED[/] {alert.kind:<7}"
     return (
-        f"{_ts(alert.start)} {head} [bold]{alert.device}[/] {alert.metric}"
+        f"{_ts(alert.start)} {head} [bold]{alert.device}[/] {series}"
         f" score {alert.peak_score:.2f}{value}{expected}{late} [dim]{alert.alert_id}[/]"
     )
 

@@ -742,8 +742,9 @@ class Pipeline:
             late=late,
             detector=self.settings.detector,
             msg_id=t.msg_id,
+            sensor=info.sensor,
         )
-        self._record(event, info.sensor, batch)
+        self._record(event, batch)
 
     def _silence(self, t: SilenceTransition, batch: _Batch) -> None:
         event = AlertEvent(
@@ -761,9 +762,9 @@ class Pipeline:
             severity="critical",
             detector=t.reason,
         )
-        self._record(event, "", batch)
+        self._record(event, batch)
 
-    def _record(self, e: AlertEvent, sensor: str, batch: _Batch) -> None:
+    def _record(self, e: AlertEvent, batch: _Batch) -> None:
         """Store the transition; publish it only if it is new (a replay finds it already there)."""
         store, report, now = self.store, batch.report, batch.now
         if e.state is AlertState.OPEN:
@@ -771,7 +772,7 @@ class Pipeline:
                 AlertRecord(
                     alert_id=e.alert_id,
                     device=e.device,
-                    sensor=sensor,
+                    sensor=e.sensor,
                     metric=e.metric,
                     kind=str(e.kind),
                     state=str(e.state),

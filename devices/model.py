@@ -141,3 +141,4 @@ class AlertEvent:
     late: bool = False
     detector: str = ""
     msg_id: str = ""
+    sensor: str = ""  # since v1.1: tells two sensors of the same metric on one device apart

@@ -3,7 +3,8 @@
 Format v1 is a JSON object per MQTT message with `"v": "MAJOR.MINOR"` and `"kind"`. A reader
 accepts any minor version of a major it knows and ignores fields it does not know, so writers can
 add fields in a minor release without breaking older aggregators. A new major is rejected with
-`UnsupportedVersion`. Golden files in tests/golden pin the exact bytes of v1.0.
+`UnsupportedVersion`. Golden files in tests/golden pin the exact bytes of what this version
+writes (v1.1) and what a v1.0 writer sent (still read).
 
 Topic layout (one level per device, so ACLs can be written per device):
 
@@ -39,7 +40,7 @@ from devices.model import (
 )
 
 MAJOR: Final = 1
-MINOR: Final = 0
+MINOR: Final = 1  # 1.1: alerts carry `sensor`
 VERSION: Final = f"{MAJOR}.{MINOR}"
 PREFIX: Final = f"edgewatch/v{MAJOR}"
 
@@ -176,6 +177,7 @@ def encode_alert(alert: AlertEvent) -> bytes:
             "msg_id": alert.msg_id or new_msg_id(),
             "alert_id": alert.alert_id,
             "device": alert.device,
+            "sensor": alert.sensor,
             "metric": alert.metric,
             "alert_kind": str(alert.kind),
             "state": str(alert.state),
@@ -427,6 +429,7 @@ def decode_alert(payload: bytes) -> AlertEvent:
         late=bool(obj.get("late", False)),
         detector=str(obj.get("detector", "")),
         msg_id=str(obj.get("msg_id", "")),
+        sensor=str(obj.get("sensor", "")),  # absent before v1.1
     )
 
 

@@ -83,7 +83,8 @@ def test_follow_prints_the_alert_the_aggregator_raises(broker: Mosquitto, tmp_pa
         lines = out.read_text().splitlines()
         assert len(lines) == 2, lines
         opened, closed = lines
-        assert "OPEN" in opened and "f-live" in opened and "temp" in opened and alert_id in opened
+        # the aggregator's v1.1 alert names the sensor: "sys/temp"
+        assert "OPEN" in opened and "f-live" in opened and "sys/temp" in opened and alert_id in opened
         assert "CLOSED" in closed and alert_id in closed
         assert time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start)) in opened
         assert stop(follower) == 0
@@ -115,7 +116,7 @@ def test_follow_json_lines_and_count(broker: Mosquitto, tmp_path: Path) -> None:
         stop(follower)
     (line,) = out.read_text().splitlines()
     data = json.loads(line)
-    assert (data["alert_id"], data["device"], data["state"], data["kind"]) == (
-        "0123456789abcdef0123", "pi-9", "open", "anomaly",
+    assert (data["alert_id"], data["device"], data["state"], data["kind"], data["sensor"]) == (
+        "0123456789abcdef0123", "pi-9", "open", "anomaly", "",
     )  # fmt: skip
     assert data["value"] == 41.5 and data["start_iso"] == "2023-11-14T22:13:20.000Z" and data["end"] is None

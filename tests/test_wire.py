@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def test_readings_golden_bytes() -> None:
         sent_at=1767225601.0,
         msg_id="6b1e0f3c2a4d4e5f9a8b7c6d5e4f3a2b",
     )
-    assert encoded == golden("readings_v1.0.json")
+    assert encoded == golden("readings_v1.1.json")
+    assert golden("readings_v1.0.json") == encoded.replace(b'"v":"1.1"', b'"v":"1.0"')  # only the version
     batch = wire.decode_readings(encoded)
     assert batch.readings == (
         Reading(DEV, EPOCH, 41, 1767225600.25, "room", "temperature", 21.5, "C"),
@@ -44,8 +46,8 @@ def test_readings_golden_bytes() -> None:
 
 def test_ack_status_alert_golden_round_trip() -> None:
     ack = Ack(DEV, EPOCH, ((1, 40), (42, 42)), "0c1d2e3f405162738495a6b7c8d9eaf0")
-    assert wire.encode_ack(ack) == golden("ack_v1.0.json")
-    assert wire.decode_ack(golden("ack_v1.0.json")) == ack
+    assert wire.encode_ack(ack) == golden("ack_v1.1.json")
+    assert wire.decode_ack(golden("ack_v1.1.json")) == wire.decode_ack(golden("ack_v1.0.json")) == ack
     status = Status(
         DEV,
         StatusEvent.HEARTBEAT,
@@ -54,8 +56,12 @@ def test_ack_status_alert_golden_round_trip() -> None:
         "0.1.0",
         {"sampled": 42.0, "backlog": 2.0, "dropped": 0.0},
     )
-    assert wire.encode_status(status) == golden("status_v1.0.json")
-    assert wire.decode_status(golden("status_v1.0.json")) == status
+    assert wire.encode_status(status) == golden("status_v1.1.json")
+    assert (
+        wire.decode_status(golden("status_v1.1.json"))
+        == wire.decode_status(golden("status_v1.0.json"))
+        == status
+    )
     alert = AlertEvent(
         "a1b2c3d4",
         DEV,
@@ -72,9 +78,12 @@ def test_ack_status_alert_golden_round_trip() -> None:
         False,
         "default",
         "ffeeddccbbaa99887766554433221100",
+        sensor="room",
     )
-    assert wire.encode_alert(alert) == golden("alert_v1.0.json")
-    assert wire.decode_alert(golden("alert_v1.0.json")) == alert
+    assert wire.encode_alert(alert) == golden("alert_v1.1.json")
+    assert wire.decode_alert(golden("alert_v1.1.json")) == alert
+    # A v1.0 alert (no sensor) still reads, with the sensor unknown.
+    assert wire.decode_alert(golden("alert_v1.0.json")) == dataclasses.replace(alert, sensor="")
 
 
 def test_a_newer_minor_version_with_extra_fields_is_read() -> None:
