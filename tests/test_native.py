@@ -1,8 +1,9 @@
 """The default detector compiled by mypyc (setup.py) against the very same source interpreted.
 
-The aggregator runs the compiled form (half the CPU per reading); `edgewatch detect`, replays and
-a machine without a C compiler may run the interpreted one. Both must give bit-identical
-verdicts, and a checkpoint written by either must resume in the other.
+Where edgewatch was installed with a C compiler, everything runs the compiled form (half the CPU
+per reading); elsewhere, or with EDGEWATCH_INTERPRETED=1, the interpreted one. Both must give
+bit-identical verdicts, and a checkpoint written by either must resume in the other (a database
+moves between machines).
 """
 
 from __future__ import annotations
