@@ -19,7 +19,7 @@ detector past its warm-up and calibration), then the timed messages, measured:
                queues are preloaded in a loopback mosquitto (persistent sessions,
                max_queued_messages 0) with the timed messages, then drained: first by a
                decode-only aiomqtt subscriber that receives the way the service does, then by
-               the real service (cloud.service.Aggregator, acks and all). Wall time.
+               the real service (cloud.service.aggregator.Aggregator, acks and all). Wall time.
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cloud.config import AggregatorConfig  # noqa: E402
 from cloud.detect.native import compiled  # noqa: E402
-from cloud.ingest import Inbound, Pipeline, PipelineSettings, decode_inbound  # noqa: E402
-from cloud.service import tune_gc  # noqa: E402
-from cloud.store import Store  # noqa: E402
+from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings, decode_inbound  # noqa: E402
+from cloud.service.aggregator import tune_gc  # noqa: E402
+from cloud.service.config import AggregatorConfig  # noqa: E402
+from cloud.store.sqlite.store import Store  # noqa: E402
 from devices import wire  # noqa: E402
 
 METRICS = 5
@@ -277,7 +277,7 @@ async def _consume(client: Any) -> None:
 
 
 async def drain_aggregator(broker: Any, db: Path, total: int, detector: str) -> tuple[float, dict[str, Any]]:
-    from cloud.service import Aggregator
+    from cloud.service.aggregator import Aggregator
 
     config = AggregatorConfig(
         broker=broker.url, db=str(db), detector=detector, checkpoint_interval=3600, batch_max_messages=batch

@@ -7,7 +7,7 @@ Every device has five streams (temperature, humidity coupled to it, vibration, p
 cycle, CPU temperature following load), sampled once a minute. Each stream gets a random fault
 schedule (spike, dip, level shift, stuck, drift, noise burst, dropout), faults starting after a
 6 h burn-in. Each detector runs label-free with its fixed default config through
-`cloud.evaluate.detect_episodes` (the aggregator's `process` path); episodes close after 10
+`cloud.analysis.evaluate.detect_episodes` (the aggregator's `process` path); episodes close after 10
 normal readings; a label counts as detected by an episode overlapping it or opening within
 `--tolerance` seconds after its end. Dropouts are gaps (no readings), not events to detect.
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cloud.analysis.evaluate import Episode, Metrics, Window, detect_episodes, evaluate
 from cloud.detect import DETECTORS, make_detector
-from cloud.evaluate import Episode, Metrics, Window, detect_episodes, evaluate
 from simulators.faults import FaultInjector, schedule_faults
 from simulators.signals import SIGNAL_KINDS, SignalModel, TemperatureModel, make_signal
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import typer
 
-from cloud import cli as cloud_cli
-from cloud import cli_detect, cli_ops, cli_provision
+from cloud.analysis import cli as cli_detect
+from cloud.ops import cli as cli_ops
+from cloud.provision import cli as cli_provision
+from cloud.service import cli as cloud_cli
 from edge import cli as edge_cli
 from edgewatch import __version__
 from simulators import cli as sim_cli

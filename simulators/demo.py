@@ -130,8 +130,8 @@ def run_demo(
     max_seconds: float | None = None,
 ) -> int:
     """Run until `stop` (Ctrl-C) or `max_seconds`; returns how many alert events were shown."""
-    from cloud.follow import follow  # noqa: PLC0415 - the cloud extra is needed only here
-    from cloud.store import Store  # noqa: PLC0415
+    from cloud.ops.follow import follow  # noqa: PLC0415 - the cloud extra is needed only here
+    from cloud.store.sqlite.store import Store  # noqa: PLC0415
 
     data_dir.mkdir(parents=True, exist_ok=True)
     db = data_dir / "demo.db"

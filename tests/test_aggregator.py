@@ -23,9 +23,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud.config import AggregatorConfig
-from cloud.service import Aggregator
-from cloud.store import Store
+from cloud.service.aggregator import Aggregator
+from cloud.service.config import AggregatorConfig
+from cloud.store.sqlite.store import Store
 from devices import wire
 from devices.model import AlertEvent, AlertKind, AlertState
 from tests.mosquitto import Mosquitto

@@ -9,10 +9,10 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from cloud.config import AggregatorConfig, load_config
 from cloud.errors import ConfigError, StoreError
-from cloud.ingest import Inbound
-from cloud.service import Aggregator, _batch_end, backoff
+from cloud.ingest.pipeline import Inbound
+from cloud.service.aggregator import Aggregator, _batch_end, backoff
+from cloud.service.config import AggregatorConfig, load_config
 from devices import wire
 
 
@@ -127,8 +127,8 @@ def test_a_missing_ca_file_is_refused_when_the_service_starts(tmp_path: Path) ->
 def test_metrics_endpoint_serves_the_counters() -> None:
     from urllib.request import urlopen
 
-    from cloud.ingest import BatchReport
-    from cloud.metrics import Metrics
+    from cloud.ingest.pipeline import BatchReport
+    from cloud.service.metrics import Metrics
 
     metrics = Metrics()
     port = metrics.serve(0, addr="127.0.0.1")
@@ -148,7 +148,7 @@ def test_metrics_endpoint_serves_the_counters() -> None:
 
 def test_cancel_outlasts_a_task_that_swallows_its_cancellation() -> None:
     """Python 3.11's wait_for can eat a cancellation; shutdown must not hang on such a task."""
-    from cloud.service import _cancel
+    from cloud.service.aggregator import _cancel
 
     async def stubborn() -> None:
         # What wait_for does when its inner future completes at the same moment:

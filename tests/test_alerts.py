@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cloud.alerts import (
+from cloud.alerts.episodes import (
     EpisodePolicy,
     EpisodeTracker,
     Phase,

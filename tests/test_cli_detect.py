@@ -171,8 +171,8 @@ def test_detect_then_evaluate_end_to_end_through_the_installed_command(tmp_path:
     metrics = json.loads(evaluate.stdout)
     assert metrics["recall"] == 1.0 and metrics["false_alarms"] == 0
     code = (
-        "import sys, cloud.cli_detect, cloud.detect, cloud.evaluate, cloud.detect.sensor, "
-        "cloud.detect.files\n"
+        "import sys, cloud.analysis.cli, cloud.detect, cloud.analysis.evaluate, cloud.detect.sensor, "
+        "cloud.analysis.files\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('river', 'numpy', 'rich')))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -180,9 +180,9 @@ def test_detect_then_evaluate_end_to_end_through_the_installed_command(tmp_path:
 
 
 def test_large_files_go_through_the_progress_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cloud.cli_detect
+    import cloud.analysis.cli
 
-    monkeypatch.setattr(cloud.cli_detect, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(cloud.analysis.cli, "PROGRESS_MIN_BYTES", 0)
     src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
     write_series(src)
     result = runner.invoke(app, ["detect", str(src), "-o", str(dst)])

@@ -290,7 +290,7 @@ def _has_colour(pixels: bytes, rgb: tuple[int, int, int]) -> bool:
 def test_alerts_show_plots_the_window_and_expected_range_and_writes_a_png(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    from cloud import views
+    from cloud.ops import views
 
     alert = alerts_by_device(fleet)["f-0"]
     image = tmp_path / "alert.png"
@@ -483,7 +483,7 @@ def test_missing_and_wrong_databases_are_clear_errors_and_left_untouched(tmp_pat
 
 def test_read_only_store_refuses_writes(fleet: Fleet) -> None:
     from cloud.errors import StoreError
-    from cloud.queries import open_store
+    from cloud.store.sqlite.queries import open_store
 
     with open_store(fleet.db) as store:
         alert = store.list_alerts(limit=1)[0]

@@ -12,8 +12,8 @@ import zlib
 
 import pytest
 
-from cloud import png, views
-from cloud.store import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
+from cloud.ops import png, views
+from cloud.store.sqlite.store import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
 
 
 def alert(**changes: object) -> AlertRecord:
@@ -155,7 +155,7 @@ def test_device_json_and_completeness() -> None:
 
 
 def test_the_cli_module_imports_nothing_heavy() -> None:
-    heavy = ("rich", "plotext", "sqlite_utils", "cloud.store", "cloud.views")
+    heavy = ("rich", "plotext", "sqlite_utils", "cloud.store.sqlite.store", "cloud.ops.views")
     code = f"import sys, edgewatch.app\nprint([m for m in {heavy!r} if m in sys.modules])"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

@@ -1,7 +1,7 @@
 """The production broker as shipped (deploy/mosquitto), locked down, with provisioned credentials.
 
 Every test starts mosquitto with production.conf and the shipped ACL (see deploy_helpers), then
-provisions principals with `cloud.provision` exactly as an operator would.
+provisions principals with `cloud.provision.bundles` exactly as an operator would.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from cloud.provision import ProvisionResult, Role, provision
+from cloud.provision.bundles import ProvisionResult, Role, provision
 from devices import wire
 from tests.confirmer import wait_for
 from tests.deploy_helpers import Client, ProductionBroker, make_ca

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from cloud.provision import ProvisionResult, Role, provision
+from cloud.provision.bundles import ProvisionResult, Role, provision
 from devices import wire
 from edge.errors import OutboxError
 from edge.outbox import OutboxStats, read_stats

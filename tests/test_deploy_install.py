@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from cloud.provision import provision
+from cloud.provision.bundles import provision
 from tests.deploy_helpers import ACL, DEPLOY, ROOT, make_ca
 
 INSTALL = DEPLOY / "install-agent.sh"

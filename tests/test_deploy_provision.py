@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from cloud.provision import (
+from cloud.provision.bundles import (
     ProvisionError,
     ProvisionResult,
     Role,
@@ -95,7 +95,7 @@ def test_device_bundle_is_a_valid_agent_config(broker_dir: Path) -> None:
 
 
 def test_aggregator_and_viewer_bundles(broker_dir: Path) -> None:
-    from cloud.config import load_config
+    from cloud.service.config import load_config
     from devices.broker import parse_broker_url
 
     # The aggregator checks that its ca_file exists: install the bundle where it was written.

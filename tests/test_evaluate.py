@@ -11,8 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from cloud.detect import Verdict, make_detector
-from cloud.evaluate import (
+from cloud.analysis.evaluate import (
     Episode,
     EpisodeGrouper,
     Window,
@@ -24,6 +23,7 @@ from cloud.evaluate import (
     metrics_table_rows,
     parse_timestamp,
 )
+from cloud.detect import Verdict, make_detector
 from simulators.faults import Label, write_labels
 
 ROOT = Path(__file__).resolve().parents[1]

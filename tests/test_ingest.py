@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 import cloud.detect
-from cloud.alerts import EpisodePolicy, SilencePolicy
+from cloud.alerts.episodes import EpisodePolicy, SilencePolicy
 from cloud.detect.base import Verdict
 from cloud.errors import StoreError
-from cloud.ingest import (
+from cloud.ingest.pipeline import (
     AckCoalescer,
     DeadLetter,
     Inbound,
@@ -29,7 +29,7 @@ from cloud.ingest import (
     StatusItem,
     decode_inbound,
 )
-from cloud.store import Store
+from cloud.store.sqlite.store import Store
 from devices import wire
 from devices.model import Ack, AlertState, Status, StatusEvent
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cloud.ingest import Inbound, Pipeline
-from cloud.replay import REPLAY_TABLE, replay, replayed_alerts
-from cloud.store import Store
+from cloud.analysis.replay import REPLAY_TABLE, replay, replayed_alerts
+from cloud.ingest.pipeline import Inbound, Pipeline
+from cloud.store.sqlite.store import Store
 from devices import wire
 from edgewatch.app import app
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from cloud.errors import NotFound, SchemaTooNew, StoreError
-from cloud.ingest import DeadLetter, Inbound, Pipeline, PipelineSettings
-from cloud.store import SCHEMA_VERSION, AlertRecord, Store
+from cloud.ingest.pipeline import DeadLetter, Inbound, Pipeline, PipelineSettings
+from cloud.store.sqlite.store import SCHEMA_VERSION, AlertRecord, Store
 from devices import wire
 from devices.model import Status, StatusEvent
 

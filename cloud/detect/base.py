@@ -17,7 +17,19 @@ Conventions every registered detector keeps (tests/test_detectors.py checks them
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
+
+ANOMALY_KINDS: Final = (
+    "spike",
+    "dip",
+    "level_shift",
+    "stuck",
+    "noise_burst",
+    "out_of_range",
+    "rate_of_change",
+    "non_finite",
+)
+"""What an anomalous verdict can say it saw: operators read it, alert routing matches on it."""
 
 
 class Verdict(NamedTuple):
@@ -31,6 +43,8 @@ class Verdict(NamedTuple):
     anomalous: bool  # the stream's label-free, calibrated decision
     expected_low: float | None = None  # the range the detector expected, when it can say
     expected_high: float | None = None
+    kind: str = ""  # for an anomalous verdict: what was seen, one of ANOMALY_KINDS ("" if unknown)
+    evidence: str = ""  # ... and why, in the stream's numbers; "{unit}" stands for its unit
 
 
 class StreamDetector(Protocol):

@@ -1,6 +1,6 @@
 """`edgewatch alerts ...` and `edgewatch devices ...`: the operator's view of the store.
 
-Thin shells: resolve the database, call one query, hand the records to cloud.views, print a
+Thin shells: resolve the database, call one query, hand the records to cloud.ops.views, print a
 table or `--json`. Only typer and the standard library load at import time (edgewatch.app
 imports this module on every start, also on a device); rich, plotext and sqlite-utils load
 inside the commands. Errors edgewatch raises on purpose become one `error:` line on stderr
@@ -24,11 +24,11 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from cloud.store import Store, StoredReading
+    from cloud.store.sqlite.store import Store, StoredReading
 
 DB_ENV: Final = "EDGEWATCH_DB"
 BROKER_ENV: Final = "EDGEWATCH_BROKER"
-DEFAULT_DB: Final = "edgewatch-cloud.db"  # the aggregator's default (cloud.config.AggregatorConfig.db)
+DEFAULT_DB: Final = "edgewatch-cloud.db"  # AggregatorConfig.db's default
 DEFAULT_BROKER: Final = "mqtt://127.0.0.1:1883"
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
@@ -69,7 +69,7 @@ def _db_path(db: Path | None, config: Path | None) -> Path:
     if db is not None:
         return db
     if config is not None:
-        from cloud.config import load_config
+        from cloud.service.config import load_config
 
         return Path(load_config(config).db)
     env = os.environ.get(DB_ENV)
@@ -78,7 +78,7 @@ def _db_path(db: Path | None, config: Path | None) -> Path:
 
 @contextmanager
 def _store(db: Path | None, config: Path | None, *, write: bool = False) -> Iterator[Store]:
-    from cloud.queries import open_store
+    from cloud.store.sqlite.queries import open_store
 
     with _errors():
         store = open_store(_db_path(db, config), write=write)
@@ -102,7 +102,7 @@ def _print_json(data: Any) -> None:
 
 
 def _since(value: str | None, now: float) -> float | None:
-    from cloud.views import parse_since
+    from cloud.ops.views import parse_since
 
     if value is None:
         return None
@@ -113,7 +113,7 @@ def _since(value: str | None, now: float) -> float | None:
 
 
 def _duration(value: str, name: str) -> float:
-    from cloud.views import parse_duration
+    from cloud.ops.views import parse_duration
 
     try:
         return parse_duration(value)
@@ -126,7 +126,7 @@ def _complete(sql: str) -> Callable[[typer.Context, str], list[str]]:
 
     def complete(ctx: typer.Context, incomplete: str) -> list[str]:
         try:
-            from cloud.queries import open_store
+            from cloud.store.sqlite.queries import open_store
 
             store = open_store(_db_path(ctx.params.get("db"), ctx.params.get("config")))
             try:
@@ -187,8 +187,8 @@ def alerts_list(
 
     Example: edgewatch alerts list --since 12h --open --db /var/lib/edgewatch/cloud.db
     """
-    from cloud.queries import find_alerts
-    from cloud.views import alert_json, alerts_table
+    from cloud.ops.views import alert_json, alerts_table
+    from cloud.store.sqlite.queries import find_alerts
 
     now = time.time()
     cutoff = _since(since, now)
@@ -236,14 +236,14 @@ def alerts_follow(
     import signal
     import threading
 
-    from cloud.follow import AlertFeed, format_alert
+    from cloud.ops.follow import AlertFeed, format_alert
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     with _errors():
         url_text = broker
         ca = str(ca_file) if ca_file is not None else None
         if url_text is None and config is not None:
-            from cloud.config import load_config
+            from cloud.service.config import load_config
 
             settings = load_config(config)
             url_text, ca = settings.broker, ca or settings.ca_file
@@ -286,7 +286,7 @@ def alerts_follow(
 def _event_json(alert: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from cloud.views import iso
+    from cloud.ops.views import iso
 
     data = {k: str(v) if k in ("kind", "state") else v for k, v in asdict(alert).items()}
     data["start_iso"], data["end_iso"] = iso(alert.start), iso(alert.end)
@@ -323,8 +323,17 @@ def alerts_show(
     Example: edgewatch alerts show 2edb00bc --png alert.png
     """
     from cloud.errors import NotFound
-    from cloud.queries import last_reading_ts
-    from cloud.views import alert_details, alert_json, alert_plot, iso, plot_png, plot_range, plot_text, thin
+    from cloud.ops.views import (
+        alert_details,
+        alert_json,
+        alert_plot,
+        iso,
+        plot_png,
+        plot_range,
+        plot_text,
+        thin,
+    )
+    from cloud.store.sqlite.queries import last_reading_ts
 
     pad = _duration(margin, "--margin")
     now = time.time()
@@ -405,7 +414,7 @@ def alerts_ack(
     """
     import getpass
 
-    from cloud.views import alert_json, clock
+    from cloud.ops.views import alert_json, clock
 
     if by is None:
         try:
@@ -428,7 +437,7 @@ def alerts_ack(
 
 
 def _open_alerts(store: Store) -> dict[str, list[Any]]:
-    from cloud.queries import find_alerts
+    from cloud.store.sqlite.queries import find_alerts
 
     out: dict[str, list[Any]] = {}
     for a in find_alerts(store, state="open", limit=1_000_000):
@@ -449,7 +458,7 @@ def devices_list(
 
     Example: edgewatch devices list --config /etc/edgewatch/aggregator.toml
     """
-    from cloud.views import device_json, devices_table
+    from cloud.ops.views import device_json, devices_table
 
     now = time.time()
     with _store(db, config) as store:
@@ -482,8 +491,8 @@ def devices_show(
 
     Example: edgewatch devices show pi-kitchen --window 6h
     """
-    from cloud.queries import device_series, last_reading_ts
-    from cloud.views import SeriesView, alert_json, device_json, device_panel, iso
+    from cloud.ops.views import SeriesView, alert_json, device_json, device_panel, iso
+    from cloud.store.sqlite.queries import device_series, last_reading_ts
 
     span = _duration(window, "--window")
     now = time.time()

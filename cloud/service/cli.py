@@ -32,7 +32,7 @@ def run_cmd(
     ] = None,
     db: Annotated[Path | None, typer.Option(help="SQLite file, created if missing.")] = None,
     config: Annotated[
-        Path | None, typer.Option(help="TOML file with an aggregator table (see cloud/config.py).")
+        Path | None, typer.Option(help="TOML file with an aggregator table (see cloud/service/config.py).")
     ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port; 0 = off.")] = None,
     detector: Annotated[str | None, typer.Option(help="Detector name (default: default).")] = None,
@@ -44,8 +44,8 @@ def run_cmd(
 
     Example: edgewatch cloud run --broker mqtt://127.0.0.1:1883 --db cloud.db --metrics-port 9108
     """
-    from cloud import service
-    from cloud.config import load_config
+    from cloud.service import aggregator as service
+    from cloud.service.config import load_config
     from devices.errors import EdgewatchError
 
     logging.basicConfig(

@@ -6,7 +6,7 @@ else's database), and makes read-only opens really read-only with `PRAGMA query_
 `alerts list` and `devices show` can run beside a writing aggregator and never write themselves.
 
 The queries below use the store's connection and its record types; they are the ones
-`cloud.store.Store` does not have (alerts by metric and severity, a device's series, its newest
+`cloud.store.sqlite.store.Store` does not have (alerts by metric and severity, a device's series, its newest
 reading time).
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cloud.errors import SchemaTooNew, StoreError
-from cloud.store import SCHEMA_VERSION, AlertRecord, Store
+from cloud.store.sqlite.store import SCHEMA_VERSION, AlertRecord, Store
 
 SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 REQUIRED_TABLES: Final = frozenset({"alerts", "devices", "sources", "series", "messages", "readings"})

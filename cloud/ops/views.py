@@ -1,7 +1,7 @@
 """What the operator sees: tables, plots, sparklines and the JSON that scripts read.
 
 Pure functions from store records (and `now`) to renderables, strings or plain dicts, so each
-one is unit-testable without a database or a terminal. The commands in cloud.cli_ops only
+one is unit-testable without a database or a terminal. The commands in cloud.ops.cli only
 fetch records, call one of these, and print. Timestamps are shown in UTC, like
 `alerts follow`; JSON carries every timestamp twice, as unix seconds and as ISO-8601.
 """
@@ -21,8 +21,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cloud import png
-from cloud.store import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
+from cloud.ops import png
+from cloud.store.sqlite.store import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
 
 ALERT_TIME_FIELDS: Final = ("start", "end", "opened_at", "closed_at", "acked_at")
 DEVICE_TIME_FIELDS: Final = ("first_seen", "last_seen", "status_ts")

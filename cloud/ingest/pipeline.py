@@ -9,7 +9,7 @@ readings scored and learned by their stream's detector, backfilled ones only sco
 drained backlog cannot corrupt the live state), and episode transitions written as alerts plus
 an alert outbox row in the same transaction. Only after COMMIT are the readings' seqs handed to
 the `AckCoalescer`, so a confirmation can never precede durability. The pipeline does no
-network I/O and takes `now` explicitly; `cloud.service` is the asyncio shell around it.
+network I/O and takes `now` explicitly; `cloud.service.aggregator` is the asyncio shell around it.
 
 Recovery: detector and episode state are checkpointed with a watermark (the highest reading id
 they had processed). On start the pipeline loads the checkpoint and replays every stored reading
@@ -25,7 +25,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cloud.alerts import (
+from cloud.alerts.episodes import (
     EpisodePolicy,
     EpisodeTracker,
     Phase,
@@ -38,7 +38,7 @@ from cloud.alerts import (
 )
 from cloud.detect import StreamDetector, Verdict, detector_from_bytes, make_detector
 from cloud.errors import StoreError
-from cloud.store import AlertRecord, ReadingRow, Store, StreamCheckpoint
+from cloud.store.sqlite.store import AlertRecord, ReadingRow, Store, StreamCheckpoint
 from devices import wire
 from devices.errors import TopicError, WireError
 from devices.model import (
@@ -52,7 +52,7 @@ from devices.model import (
     StatusEvent,
 )
 
-log = logging.getLogger("edgewatch.cloud.ingest")
+log = logging.getLogger("edgewatch.cloud.ingest.pipeline")
 
 DEFAULT_MAX_FUTURE = 86_400.0
 

@@ -69,7 +69,7 @@ def provision_cmd(
 
     Example: edgewatch provision pi-1 --broker mqtts://broker.example.com:8883
     """
-    from cloud.provision import ProvisionError, Role, provision
+    from cloud.provision.bundles import ProvisionError, Role, provision
 
     try:
         try:

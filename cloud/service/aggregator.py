@@ -31,17 +31,17 @@ from typing import Any, ParamSpec, TypeVar
 
 import aiomqtt
 
-from cloud.alerts import EpisodePolicy, SilencePolicy
-from cloud.config import AggregatorConfig
+from cloud.alerts.episodes import EpisodePolicy, SilencePolicy
 from cloud.detect.native import compiled
 from cloud.errors import CloudError, ConfigError, StoreError
-from cloud.ingest import Inbound, Pipeline, PipelineSettings, Publication
-from cloud.metrics import Metrics
-from cloud.store import Store
+from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings, Publication
+from cloud.service.config import AggregatorConfig
+from cloud.service.metrics import Metrics
+from cloud.store.sqlite.store import Store
 from devices import wire
 from devices.model import Ack
 
-log = logging.getLogger("edgewatch.cloud.service")
+log = logging.getLogger("edgewatch.cloud.service.aggregator")
 
 P = ParamSpec("P")
 T = TypeVar("T")

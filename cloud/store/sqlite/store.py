@@ -173,7 +173,7 @@ class StreamCheckpoint:
     series_id: int
     detector: str
     blob: bytes
-    tracker: str  # JSON of the episode trackers (cloud.alerts)
+    tracker: str  # JSON of the episode trackers (cloud.alerts.episodes)
 
 
 @dataclass(frozen=True, slots=True)

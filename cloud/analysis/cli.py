@@ -1,7 +1,7 @@
 """`edgewatch detect` and `edgewatch evaluate`: detectors on files, alerts against labels.
 
-Thin shells: parse, call one function (`cloud.detect.files.detect_file`,
-`cloud.evaluate.evaluate`), print. river, numpy and rich load inside the commands only.
+Thin shells: parse, call one function (`cloud.analysis.files.detect_file`,
+`cloud.analysis.evaluate.evaluate`), print. river, numpy and rich load inside the commands only.
 (`replay` lives with the aggregator's store.)
 """
 
@@ -45,8 +45,8 @@ def detect_cmd(
 
     Example: edgewatch detect temps.csv --output scored.csv --json
     """
+    from cloud.analysis.files import InputError, detect_file
     from cloud.detect import DETECTORS
-    from cloud.detect.files import InputError, detect_file
 
     if detector not in DETECTORS:
         raise _fail(f"unknown detector {detector!r}; known: {', '.join(sorted(DETECTORS))}", 2)
@@ -84,7 +84,7 @@ def _detect_with_progress(
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-    from cloud.detect.files import detect_file
+    from cloud.analysis.files import detect_file
 
     console = Console(stderr=True)
     with Progress(
@@ -142,7 +142,13 @@ def evaluate_cmd(
 
     Example: edgewatch evaluate --labels labels.jsonl --alerts episodes.json --tolerance 1800
     """
-    from cloud.evaluate import IGNORED_KINDS, evaluate, load_episodes, load_windows, metrics_table_rows
+    from cloud.analysis.evaluate import (
+        IGNORED_KINDS,
+        evaluate,
+        load_episodes,
+        load_windows,
+        metrics_table_rows,
+    )
 
     if (alerts is None) == (db is None):
         raise _fail("give exactly one of --alerts FILE and --db PATH")
@@ -176,10 +182,10 @@ def evaluate_cmd(
 
 def _store_episodes(db: Path | None, run: str | None) -> list[Any]:
     """Anomaly alerts of a store (or of one replay run in it) as evaluation episodes."""
+    from cloud.analysis.evaluate import Episode
+    from cloud.analysis.replay import replayed_alerts
     from cloud.errors import CloudError
-    from cloud.evaluate import Episode
-    from cloud.queries import open_store
-    from cloud.replay import replayed_alerts
+    from cloud.store.sqlite.queries import open_store
 
     assert db is not None
     try:
@@ -223,11 +229,11 @@ def replay_cmd(
     Alerts go to a separate set (table replay_alerts, by run name) unless --into-alerts.
     Example: edgewatch replay --db cloud.db --detector hst --dry-run
     """
+    from cloud.analysis.evaluate import parse_timestamp
+    from cloud.analysis.replay import replay
     from cloud.detect import UnknownDetector
     from cloud.errors import CloudError
-    from cloud.evaluate import parse_timestamp
-    from cloud.queries import open_store
-    from cloud.replay import replay
+    from cloud.store.sqlite.queries import open_store
 
     try:
         start = parse_timestamp(since) if since is not None else None

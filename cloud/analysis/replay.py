@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from cloud.alerts import EpisodePolicy, EpisodeTracker, Transition, alert_id
+from cloud.alerts.episodes import EpisodePolicy, EpisodeTracker, Transition, alert_id
 from cloud.detect import make_detector
 from cloud.errors import StoreError
-from cloud.store import AlertRecord, Store
+from cloud.store.sqlite.store import AlertRecord, Store
 from devices.model import AlertKind, AlertState
 
 REPLAY_TABLE: Final = "replay_alerts"

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cloud.analysis.evaluate import Episode, EpisodeGrouper, parse_timestamp
 from cloud.detect import DEFAULT_DETECTOR, make_detector
-from cloud.evaluate import Episode, EpisodeGrouper, parse_timestamp
 
 
 class InputError(ValueError):
@@ -140,7 +140,7 @@ def detect_file(
 ) -> DetectSummary:
     """Score every row of `src` into `dst` (`timestamp,value,score,alert`), group alert episodes.
 
-    Episodes follow `cloud.evaluate.EpisodeGrouper`: open on an anomalous verdict, close after
+    Episodes follow `cloud.analysis.evaluate.EpisodeGrouper`: open on an anomalous verdict, close after
     `close_after` normal ones in a row. `device`/`metric` only tag the episodes.
     """
     det = make_detector(detector, seed=seed)

@@ -2,7 +2,7 @@
 
 Why not matplotlib or Pillow: the operator CLI draws one line chart per `alerts show --png`,
 and a plotting stack of tens of megabytes is not worth that. This module knows nothing about
-alerts (cloud.views lays the chart out); it only rasterises and encodes.
+alerts (cloud.ops.views lays the chart out); it only rasterises and encodes.
 
 >>> c = Canvas(4, 3, (255, 255, 255))
 >>> c.fill_rect(1, 1, 2, 2, (255, 0, 0))

@@ -1,0 +1,1 @@
+"""Alerts: the one episode state machine, device silence, and deterministic alert ids."""

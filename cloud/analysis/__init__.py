@@ -1,0 +1,1 @@
+"""Offline use of the aggregator's path: detect on files, replay stored history, evaluate alerts."""

@@ -1,0 +1,1 @@
+"""From MQTT message to stored history: decode, validate, store, detect, alert, confirm."""

@@ -1,0 +1,1 @@
+"""Credentials and bundles for devices and roles (imports nothing else of cloud/)."""

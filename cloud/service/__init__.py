@@ -1,0 +1,1 @@
+"""The aggregator's I/O shell: MQTT in and out, config, metrics, and `edgewatch cloud run`."""

@@ -1,0 +1,1 @@
+"""The aggregator's store: readings exactly once, dead letters, the fleet, alerts, checkpoints."""

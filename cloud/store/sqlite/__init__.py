@@ -1,0 +1,1 @@
+"""The embedded SQLite backend: one file, one writer, the default for demos and small fleets."""
