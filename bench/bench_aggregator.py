@@ -47,7 +47,7 @@ from cloud.detect.native import compiled  # noqa: E402
 from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings, decode_inbound  # noqa: E402
 from cloud.service.aggregator import tune_gc  # noqa: E402
 from cloud.service.config import AggregatorConfig  # noqa: E402
-from cloud.store.sqlite.store import Store  # noqa: E402
+from cloud.store.api import open_store  # noqa: E402
 from devices import wire  # noqa: E402
 
 METRICS = 5
@@ -140,7 +140,7 @@ def in_process(
     def pipeline_run(patch: Callable[[Pipeline], None] | None = None) -> float:
         workdir = Path(tempfile.mkdtemp(prefix="ew-bench-"))
         try:
-            with Store(workdir / "cloud.db") as store:
+            with open_store(workdir / "cloud.db", readonly=False, create=True) as store:
                 pipeline = Pipeline(store, PipelineSettings(detector=detector), now=now)
                 pipeline.ingest_items(warmup_items, now)
                 if patch:
@@ -158,7 +158,7 @@ def in_process(
         """Wall time of `Pipeline.ingest` on the raw messages: decode, store, detect, commit."""
         workdir = Path(tempfile.mkdtemp(prefix="ew-bench-"))
         try:
-            with Store(workdir / "cloud.db") as store:
+            with open_store(workdir / "cloud.db", readonly=False, create=True) as store:
                 pipeline = Pipeline(store, PipelineSettings(detector=detector), now=now)
                 pipeline.ingest_items(warmup_items, now)
                 gc.collect()
@@ -177,7 +177,7 @@ def in_process(
 
     def no_store(p: Pipeline) -> None:
         no_detect(p)
-        p.store.insert_readings = lambda rows: (len(rows), 1)  # type: ignore[method-assign]
+        p.store.store_messages = lambda items: []  # type: ignore[method-assign]
 
     runs: dict[str, list[float]] = {}
     for _ in range(repeat):
@@ -191,7 +191,7 @@ def in_process(
     res["full"] = res["decode"] + res["pipeline"]
     if profile:
         workdir = Path(tempfile.mkdtemp(prefix="ew-bench-"))
-        with Store(workdir / "cloud.db") as store:
+        with open_store(workdir / "cloud.db", readonly=False, create=True) as store:
             pipeline = Pipeline(store, PipelineSettings(detector=detector), now=now)
             pipeline.ingest_items(warmup_items, now)
             prof = cProfile.Profile()
@@ -303,7 +303,7 @@ async def drain_aggregator(broker: Any, db: Path, total: int, detector: str) -> 
 def prewarm(db: Path, warmup: list[tuple[str, bytes]], detector: str) -> None:
     """The aggregator's store after the warm-up traffic, checkpointed: the drain starts warm."""
     now = time.time()
-    with Store(db) as store:
+    with open_store(db, readonly=False, create=True) as store:
         pipeline = Pipeline(store, PipelineSettings(detector=detector), now=now)
         items = [Inbound(t, p, now) for t, p in warmup]
         for i in range(0, len(items), 500):
@@ -327,7 +327,7 @@ def via_broker(
         print(f"  preloaded {len(messages)} messages into 2 sessions in {time.perf_counter() - t:.1f}s")
         ceiling = asyncio.run(drain_decode_only(broker, total))
         full, extra = asyncio.run(drain_aggregator(broker, workdir / "cloud.db", total, detector))
-        with Store(workdir / "cloud.db") as store:
+        with open_store(workdir / "cloud.db", readonly=False, create=True) as store:
             stored = store.count_readings() - len(warmup) * per_message
         return {"ceiling_s": ceiling, "full_s": full, "stored": stored, **extra}
     finally:

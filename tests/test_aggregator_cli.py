@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.store.sqlite.store import Store
+from cloud.store.sqlite.store import SqliteStore as Store
 from tests.mosquitto import Mosquitto, free_port
 from tests.test_aggregator import FakeAgent, count, wait_for
 

@@ -483,9 +483,9 @@ def test_missing_and_wrong_databases_are_clear_errors_and_left_untouched(tmp_pat
 
 def test_read_only_store_refuses_writes(fleet: Fleet) -> None:
     from cloud.errors import StoreError
-    from cloud.store.sqlite.queries import open_store
+    from cloud.store.api import open_store
 
-    with open_store(fleet.db) as store:
+    with open_store(fleet.db, readonly=True) as store:
         alert = store.list_alerts(limit=1)[0]
         with pytest.raises(StoreError):
             store.ack_alert(alert.alert_id, now=time.time())

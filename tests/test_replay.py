@@ -8,9 +8,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cloud.analysis.replay import REPLAY_TABLE, replay, replayed_alerts
+from cloud.analysis.replay import replay, replayed_alerts
 from cloud.ingest.pipeline import Inbound, Pipeline
-from cloud.store.sqlite.store import Store
+from cloud.store.api import REPLAY_SET
+from cloud.store.sqlite.store import SqliteStore as Store
 from devices import wire
 from edgewatch.app import app
 
@@ -41,7 +42,7 @@ def test_replay_rebuilds_the_live_alerts_without_doubling_them(tmp_path: Path) -
         assert (dry.streams, dry.readings, dry.written) == (2, 600, 0)
         assert sorted(e.alert_id for e in dry.episodes) == sorted(live)
         assert not store.db.execute(
-            "SELECT name FROM sqlite_master WHERE name = ?", (REPLAY_TABLE,)
+            "SELECT name FROM sqlite_master WHERE name = ?", (REPLAY_SET,)
         ).fetchall(), "a dry run writes nothing"
 
         separate = replay(store, run="r1")
@@ -66,7 +67,7 @@ def test_replay_and_evaluate_commands(tmp_path: Path) -> None:
     out = runner.invoke(app, ["replay", "--db", str(db), "--run", "cli", "--json"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
-    assert report["written"] == len(live) and report["target"] == REPLAY_TABLE
+    assert report["written"] == len(live) and report["target"] == REPLAY_SET
     labels = tmp_path / "labels.csv"
     labels.write_text(f"device,metric,start,end\nr-1,temperature,{T0 + 200 * 60},{T0 + 201 * 60}\n")
     for extra in ([], ["--replay", "cli"]):

@@ -11,7 +11,9 @@ import pytest
 
 from cloud.errors import NotFound, SchemaTooNew, StoreError
 from cloud.ingest.pipeline import DeadLetter, Inbound, Pipeline, PipelineSettings
-from cloud.store.sqlite.store import SCHEMA_VERSION, AlertRecord, Store
+from cloud.store.api import AlertRecord
+from cloud.store.sqlite.store import SCHEMA_VERSION
+from cloud.store.sqlite.store import SqliteStore as Store
 from devices import wire
 from devices.model import Status, StatusEvent
 
@@ -199,7 +201,7 @@ def test_readings_of_a_metric_in_a_window_carry_their_msg_id(store: Store) -> No
     ]
     assert len(store.readings("pi-1", "load")) == 10
     assert store.readings("pi-1", "temp", sensor="other") == []
-    assert [m["stored"] for m in store.message("pi-1-1")] == [10]
+    assert [m.stored for m in store.message("pi-1-1")] == [10]
 
 
 def test_dead_letters_keep_raw_bytes_capped_and_counted_by_reason(store: Store) -> None:
@@ -252,3 +254,38 @@ def test_readonly_store_answers_queries_and_refuses_writes(tmp_path: Path) -> No
         path.parent.chmod(0o755)
     with pytest.raises(StoreError, match="no database"):
         Store(tmp_path / "missing.db", readonly=True)
+
+
+def test_a_version_1_store_migrates_keeping_history_windows_and_the_checkpoint(tmp_path: Path) -> None:
+    """v1 joined messages to readings by a rowid range and kept a global reading-id watermark;
+    v2 keys both by message: an old file keeps answering and resumes where it was."""
+    path = tmp_path / "cloud.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    import sqlite_utils
+
+    from cloud.store.sqlite.store import MIGRATIONS
+
+    MIGRATIONS[0](sqlite_utils.Database(conn))
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO sources(id, device, epoch, received) VALUES (1, 'pi-1', 'e1', 4)")
+    conn.execute(
+        "INSERT INTO series(id, device, sensor, metric, unit) VALUES (1, 'pi-1', 'sys', 'temp', 'C')"
+    )
+    conn.execute("INSERT INTO devices(device, messages, readings) VALUES ('pi-1', 2, 4)")
+    for mid, lo, msg in ((1, 1, "m-1"), (2, 3, "m-2")):  # two messages of two readings each
+        conn.execute(
+            "INSERT INTO messages VALUES (?, ?, 'pi-1', 'e1', 'telemetry', ?, ?, 2, 2, 0, 0, ?, ?, ?, ?)",
+            (mid, msg, T0, T0, lo, lo + 1, T0 + lo, T0 + lo + 1),
+        )
+        for seq in (lo, lo + 1):
+            conn.execute("INSERT INTO readings VALUES (?, 1, ?, 1, ?, 20.0, ?, 0)", (seq, seq, T0 + seq, mid))
+    conn.execute("INSERT INTO detector_state VALUES (1, 'ewma', x'00', '{}', ?)", (T0,))
+    conn.execute("INSERT INTO checkpoint VALUES ('watermark', 2)")  # processed through reading 2
+    conn.close()
+    with Store(path) as store:
+        got = store.readings("pi-1", "temp")
+        assert [(r.seq, r.msg_id) for r in got] == [(1, "m-1"), (2, "m-1"), (3, "m-2"), (4, "m-2")]
+        watermark, (state,) = store.load_checkpoint()
+        assert (watermark, state.watermark) == (1, 1)  # message 1 was processed, message 2 was not
+        assert [(r.message_id, r.ts) for r in store.readings_after(watermark)] == [(2, T0 + 3), (2, T0 + 4)]
+        assert store.message_totals().stored == 4

@@ -185,20 +185,18 @@ def _store_episodes(db: Path | None, run: str | None) -> list[Any]:
     from cloud.analysis.evaluate import Episode
     from cloud.analysis.replay import replayed_alerts
     from cloud.errors import CloudError
-    from cloud.store.sqlite.queries import open_store
+    from cloud.store.api import open_store
 
     assert db is not None
     try:
-        store = open_store(db)
+        store = open_store(db, readonly=True)
         try:
             if run is not None:
                 rows = replayed_alerts(store, run)
             else:
                 rows = [
-                    (str(d), str(m), float(st), None if e is None else float(e))
-                    for d, m, st, e in store.db.execute(
-                        "SELECT device, metric, start, end FROM alerts WHERE kind = 'anomaly'"
-                    )
+                    (a.device, a.metric, a.start, a.end)
+                    for a in store.find_alerts(kind="anomaly", limit=1 << 62)
                 ]
         finally:
             store.close()
@@ -233,14 +231,14 @@ def replay_cmd(
     from cloud.analysis.replay import replay
     from cloud.detect import UnknownDetector
     from cloud.errors import CloudError
-    from cloud.store.sqlite.queries import open_store
+    from cloud.store.api import open_store
 
     try:
         start = parse_timestamp(since) if since is not None else None
     except ValueError as exc:
         raise _fail(f"--since: {exc}") from None
     try:
-        store = open_store(db, write=not dry_run)
+        store = open_store(db, readonly=dry_run)
         try:
             report = replay(
                 store, detector=detector, device=device, since=start, dry_run=dry_run,

@@ -24,7 +24,7 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from cloud.store.sqlite.store import Store, StoredReading
+    from cloud.store.api import Store, StoredReading
 
 DB_ENV: Final = "EDGEWATCH_DB"
 BROKER_ENV: Final = "EDGEWATCH_BROKER"
@@ -78,10 +78,10 @@ def _db_path(db: Path | None, config: Path | None) -> Path:
 
 @contextmanager
 def _store(db: Path | None, config: Path | None, *, write: bool = False) -> Iterator[Store]:
-    from cloud.store.sqlite.queries import open_store
+    from cloud.store.api import open_store
 
     with _errors():
-        store = open_store(_db_path(db, config), write=write)
+        store = open_store(_db_path(db, config), readonly=not write)
         try:
             yield store
         finally:
@@ -121,27 +121,26 @@ def _duration(value: str, name: str) -> float:
         raise typer.BadParameter(str(exc), param_hint=name) from None
 
 
-def _complete(sql: str) -> Callable[[typer.Context, str], list[str]]:
+def _complete(query: Callable[[Store, str], list[str]]) -> Callable[[typer.Context, str], list[str]]:
     """Shell completion from the store named on the command line so far; silent on any error."""
 
     def complete(ctx: typer.Context, incomplete: str) -> list[str]:
         try:
-            from cloud.store.sqlite.queries import open_store
+            from cloud.store.api import open_store
 
-            store = open_store(_db_path(ctx.params.get("db"), ctx.params.get("config")))
+            store = open_store(_db_path(ctx.params.get("db"), ctx.params.get("config")), readonly=True)
             try:
-                rows = store.db.execute(sql, [incomplete + "%"]).fetchall()
+                return query(store, incomplete)
             finally:
                 store.close()
         except Exception:  # completion must never print a traceback into the shell
             return []
-        return [str(r[0]) for r in rows]
 
     return complete
 
 
-_complete_alert = _complete("SELECT alert_id FROM alerts WHERE alert_id LIKE ? ORDER BY start DESC LIMIT 50")
-_complete_device = _complete("SELECT device FROM devices WHERE device LIKE ? ORDER BY device LIMIT 200")
+_complete_alert = _complete(lambda store, prefix: store.alert_ids_starting(prefix, 50))
+_complete_device = _complete(lambda store, prefix: store.devices_starting(prefix, 200))
 
 DbOpt = Annotated[
     Path | None,
@@ -188,13 +187,11 @@ def alerts_list(
     Example: edgewatch alerts list --since 12h --open --db /var/lib/edgewatch/cloud.db
     """
     from cloud.ops.views import alert_json, alerts_table
-    from cloud.store.sqlite.queries import find_alerts
 
     now = time.time()
     cutoff = _since(since, now)
     with _store(db, config) as store:
-        alerts = find_alerts(
-            store,
+        alerts = store.find_alerts(
             since=cutoff,
             device=device,
             metric=metric,
@@ -333,7 +330,6 @@ def alerts_show(
         plot_text,
         thin,
     )
-    from cloud.store.sqlite.queries import last_reading_ts
 
     pad = _duration(margin, "--margin")
     now = time.time()
@@ -346,7 +342,7 @@ def alerts_show(
         readings: list[StoredReading] = []
         since = until = alert.start
         if alert.metric:
-            last = last_reading_ts(store, alert.device) if alert.end is None else None
+            last = store.last_reading_ts(alert.device) if alert.end is None else None
             since, until = plot_range(alert, pad, last_ts=last)
             readings = store.readings(
                 alert.device,
@@ -437,10 +433,8 @@ def alerts_ack(
 
 
 def _open_alerts(store: Store) -> dict[str, list[Any]]:
-    from cloud.store.sqlite.queries import find_alerts
-
     out: dict[str, list[Any]] = {}
-    for a in find_alerts(store, state="open", limit=1_000_000):
+    for a in store.find_alerts(state="open", limit=1_000_000):
         out.setdefault(a.device, []).append(a)
     return out
 
@@ -492,13 +486,12 @@ def devices_show(
     Example: edgewatch devices show pi-kitchen --window 6h
     """
     from cloud.ops.views import SeriesView, alert_json, device_json, device_panel, iso
-    from cloud.store.sqlite.queries import device_series, last_reading_ts
 
     span = _duration(window, "--window")
     now = time.time()
     with _store(db, config) as store:
         record = store.device(device, max_gaps=max_gaps)
-        until = last_reading_ts(store, device) or record.last_seen or now
+        until = store.last_reading_ts(device) or record.last_seen or now
         since = until - span
         series = [
             SeriesView(
@@ -512,7 +505,7 @@ def devices_show(
                     )
                 ),
             )
-            for s in device_series(store, device)
+            for s in store.device_series(device)
         ]
         opened = _open_alerts(store).get(device, [])
     firsts = [s.readings[0][0] for s in series if s.readings]

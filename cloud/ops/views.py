@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cloud.ops import png
-from cloud.store.sqlite.store import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
+from cloud.store.api import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
 
 ALERT_TIME_FIELDS: Final = ("start", "end", "opened_at", "closed_at", "acked_at")
 DEVICE_TIME_FIELDS: Final = ("first_seen", "last_seen", "status_ts")
