@@ -41,12 +41,11 @@ def test_replay_rebuilds_the_live_alerts_without_doubling_them(tmp_path: Path) -
         dry = replay(store, dry_run=True)
         assert (dry.streams, dry.readings, dry.written) == (2, 600, 0)
         assert sorted(e.alert_id for e in dry.episodes) == sorted(live)
-        assert not store.db.execute(
-            "SELECT name FROM sqlite_master WHERE name = ?", (REPLAY_SET,)
-        ).fetchall(), "a dry run writes nothing"
+        assert store.replay_runs() == [], "a dry run writes nothing"
 
         separate = replay(store, run="r1")
         assert separate.written == len(live)
+        assert store.replay_runs() == ["r1"]
         assert {(d, m) for d, m, _, _ in replayed_alerts(store, "r1")} == {("r-1", "temperature")}
         assert replay(store, run="r1").written == 0, "the same run twice adds nothing"
 

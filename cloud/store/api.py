@@ -3,8 +3,8 @@
 Everything outside `cloud.store` talks to a store through these Protocols and records; no SQL
 lives anywhere else. A backend is picked by `open_store` from a path or URL:
 
-    /var/lib/edgewatch/cloud.db, sqlite:///var/lib/edgewatch/cloud.db   the embedded default
-    postgresql://user@host/db                                           (not in this release)
+    cloud.db, /var/lib/edgewatch/cloud.db, sqlite:////var/lib/edgewatch/cloud.db   the default
+    postgresql://user[:password]@host[:port]/db                    the `postgres` extra
 
 The roles, each a Protocol, that one store object plays:
 
@@ -460,7 +460,9 @@ class ReadModel(Protocol):
 
     def replayed_alerts(self, run: str) -> list[ReplayedAlert]: ...
 
-    def has_replay_set(self) -> bool: ...
+    def replay_runs(self) -> list[str]:
+        """Names of the replay runs written, oldest first."""
+        ...
 
 
 class OwnedStore(Protocol):
@@ -486,7 +488,8 @@ class Store(IngestStore, CheckpointStore, RetentionStore, ReadModel, OwnedStore,
 def open_store(
     target: str | Path, *, readonly: bool, create: bool = False, synchronous: str = "NORMAL"
 ) -> Store:
-    """The store at a SQLite path (`cloud.db`, `sqlite:///cloud.db`, `sqlite:////var/lib/x.db`).
+    """The store at a SQLite path (`cloud.db`, `sqlite:///cloud.db`, `sqlite:////var/lib/x.db`)
+    or a PostgreSQL URL (`postgresql://user@host/db`).
 
     `readonly=True` is the operator's open: an existing edgewatch store, never written, and
     refused (StoreError) if it is anything else. `readonly=False` writes: with `create=True` it
@@ -495,8 +498,13 @@ def open_store(
     """
     text = str(target)
     if text.startswith(("postgresql:", "postgres:")):
-        where = text.rsplit("@", maxsplit=1)[-1]  # never echo a password
-        raise StoreError(f"{where}: PostgreSQL stores are not supported yet; use a SQLite path")
+        try:
+            from cloud.store.postgres.store import PostgresStore  # noqa: PLC0415 - an optional extra
+        except ImportError as exc:
+            raise StoreError(
+                "a PostgreSQL store needs psycopg: pip install 'edgewatch[postgres]'"
+            ) from exc
+        return PostgresStore(text, create=create and not readonly, readonly=readonly)
     from cloud.store.sqlite.store import SqliteStore  # noqa: PLC0415 - sqlite-utils loads on use
 
     path = Path(text.removeprefix("sqlite:///")) if text.startswith("sqlite:///") else Path(text)

@@ -453,12 +453,17 @@ class SqliteReadModel:
             raise StoreError(f"no replay run {run!r} in {self.path}: {exc}") from exc
 
     @translated
-    def has_replay_set(self) -> bool:
-        return bool(
-            self._scalar(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (REPLAY_SET,)
+    def replay_runs(self) -> list[str]:
+        if not self._scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (REPLAY_SET,)
+        ):
+            return []
+        return [
+            str(r)
+            for (r,) in self._conn.execute(
+                f"SELECT run FROM {REPLAY_SET} GROUP BY run ORDER BY min(created_at), run"  # noqa: S608
             )
-        )
+        ]
 
 
 def _alert(r: Sequence[Any]) -> AlertRecord:
