@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from cloud.errors import NotFound, SchemaTooNew, StoreError
-from cloud.ingest.pipeline import DeadLetter, Inbound, Pipeline, PipelineSettings
+from cloud.errors import SchemaTooNew, StoreError
+from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings
 from cloud.store.api import AlertRecord
 from cloud.store.sqlite.store import SCHEMA_VERSION
 from cloud.store.sqlite.store import SqliteStore as Store
 from devices import wire
-from devices.model import Status, StatusEvent
 
 T0 = 1_750_000_000.0
 

@@ -323,24 +323,6 @@ def test_readings_of_a_metric_in_a_window_carry_their_msg_id(store: Store) -> No
     assert [m.stored for m in store.message("pi-1-1")] == [10]
 
 
-def test_dead_letters_keep_raw_bytes_capped_and_counted_by_reason(store: Store) -> None:
-    pipeline = Pipeline(store, PipelineSettings(detector="ewma"), now=T0)
-    big = b"x" * 300_000
-    topic = wire.device_topic("pi-1", "telemetry")
-    pipeline.ingest_items(
-        [
-            DeadLetter(T0, topic, "oversized", "300000 bytes", big, "pi-1"),
-            DeadLetter(T0, topic, "malformed_json", "?", b"{", "pi-1"),
-            DeadLetter(T0, topic, "malformed_json", "?", b"{", "pi-1"),
-        ],
-        T0,
-    )
-    assert store.dead_letter_counts() == {"malformed_json": 2, "oversized": 1}
-    (oversized,) = store.dead_letters(reason="oversized")
-    assert oversized.payload is not None and 0 < len(oversized.payload) < len(big)
-    assert len(store.dead_letters(device="pi-1", limit=2)) == 2
-
-
 def test_operator_queries_beside_the_writer(store_url: str) -> None:
     with open_store(store_url, readonly=False, create=True) as store:
         pipeline = Pipeline(store, PipelineSettings(detector="ewma"), now=T0)

@@ -120,7 +120,10 @@ def evaluate_cmd(
         ),
     ] = None,
     db: Annotated[
-        Path | None, typer.Option(help="Or take the alerts from an aggregator's store (anomaly alerts).")
+        str | None,
+        typer.Option(
+            help="Or take the alerts from an aggregator's store (SQLite file or postgresql:// URL)."
+        ),
     ] = None,
     replay_run: Annotated[
         str | None, typer.Option("--replay", help="With --db: the alerts of this `edgewatch replay` run.")
@@ -180,7 +183,7 @@ def evaluate_cmd(
         typer.echo("(stream-days estimated from the files' time span; pass --stream-days to fix it)")
 
 
-def _store_episodes(db: Path | None, run: str | None) -> list[Any]:
+def _store_episodes(db: str | None, run: str | None) -> list[Any]:
     """Anomaly alerts of a store (or of one replay run in it) as evaluation episodes."""
     from cloud.analysis.evaluate import Episode
     from cloud.analysis.replay import replayed_alerts
@@ -207,7 +210,7 @@ def _store_episodes(db: Path | None, run: str | None) -> list[Any]:
 
 def replay_cmd(
     *,
-    db: Annotated[Path, typer.Option(help="The aggregator's SQLite store.")],
+    db: Annotated[str, typer.Option(help="The aggregator's store: a SQLite file or postgresql:// URL.")],
     device: Annotated[str | None, typer.Option(help="Only this device's streams.")] = None,
     since: Annotated[
         str | None, typer.Option(help="Only readings from this time on (ISO-8601 or epoch seconds).")

@@ -64,20 +64,22 @@ def _errors() -> Iterator[None]:
         raise _fail(str(exc)) from None
 
 
-def _db_path(db: Path | None, config: Path | None) -> Path:
-    """--db, else the aggregator config's db, else $EDGEWATCH_DB, else the aggregator's default."""
+def _db_path(db: str | None, config: Path | None) -> str:
+    """--db, else the aggregator config's db, else $EDGEWATCH_DB, else the aggregator's default.
+
+    A SQLite path or a postgresql:// URL (a str: a Path would fold the URL's `//`).
+    """
     if db is not None:
         return db
     if config is not None:
         from cloud.service.config import load_config
 
-        return Path(load_config(config).db)
-    env = os.environ.get(DB_ENV)
-    return Path(env) if env else Path(DEFAULT_DB)
+        return load_config(config).db
+    return os.environ.get(DB_ENV) or DEFAULT_DB
 
 
 @contextmanager
-def _store(db: Path | None, config: Path | None, *, write: bool = False) -> Iterator[Store]:
+def _store(db: str | None, config: Path | None, *, write: bool = False) -> Iterator[Store]:
     from cloud.store.api import open_store
 
     with _errors():
@@ -143,10 +145,11 @@ _complete_alert = _complete(lambda store, prefix: store.alert_ids_starting(prefi
 _complete_device = _complete(lambda store, prefix: store.devices_starting(prefix, 200))
 
 DbOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--db",
-        help=f"The aggregator's SQLite store. Default: --config's db, else ${DB_ENV}, else ./{DEFAULT_DB}.",
+        help="The aggregator's store: a SQLite file or postgresql://user@host/db. "
+        f"Default: --config's db, else ${DB_ENV}, else ./{DEFAULT_DB}.",
         show_default=False,
     ),
 ]

@@ -501,9 +501,7 @@ def open_store(
         try:
             from cloud.store.postgres.store import PostgresStore  # noqa: PLC0415 - an optional extra
         except ImportError as exc:
-            raise StoreError(
-                "a PostgreSQL store needs psycopg: pip install 'edgewatch[postgres]'"
-            ) from exc
+            raise StoreError("a PostgreSQL store needs psycopg: pip install 'edgewatch[postgres]'") from exc
         return PostgresStore(text, create=create and not readonly, readonly=readonly)
     from cloud.store.sqlite.store import SqliteStore  # noqa: PLC0415 - sqlite-utils loads on use
 

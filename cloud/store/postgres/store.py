@@ -59,6 +59,13 @@ OWNER: Final = "aggregator"
 LOCK_KEY: Final = "edgewatch:aggregator"
 _ALERT_COLUMNS: Final = tuple(f.name for f in fields(AlertRecord))
 _ALERT_SELECT: Final = "SELECT " + ", ".join(f'"{c}"' for c in _ALERT_COLUMNS) + " FROM alerts"  # noqa: S608
+_ALERT_INSERT: Final = (
+    "INSERT INTO alerts ("  # noqa: S608 - column names from the dataclass
+    + ", ".join(f'"{c}"' for c in _ALERT_COLUMNS)
+    + ") VALUES ("
+    + ", ".join(["%s"] * len(_ALERT_COLUMNS))
+    + ") ON CONFLICT (alert_id) DO NOTHING"
+)
 _MESSAGE_SELECT: Final = "SELECT " + ", ".join(f.name for f in fields(MessageRecord)) + " FROM messages"  # noqa: S608
 _REPLAYED_SELECT: Final = (
     "SELECT " + ", ".join(f'"{f.name}"' for f in fields(ReplayedAlert)) + f" FROM {REPLAY_SET}"  # noqa: S608
@@ -395,7 +402,8 @@ class PostgresStore:
                     copy.write_row(m)
             cur.executemany(
                 "UPDATE sources SET received = received + %s, rejected = rejected + %s, "
-                "first_seq = least(coalesce(first_seq, %s), %s), last_seq = greatest(coalesce(last_seq, %s), %s), "
+                "first_seq = least(coalesce(first_seq, %s), %s), "
+                "last_seq = greatest(coalesce(last_seq, %s), %s), "
                 "last_seen = greatest(last_seen, %s) WHERE id = %s",
                 [
                     (int(v[0]), int(v[1]), int(v[2]), int(v[2]), int(v[3]), int(v[3]), v[4], sid)
@@ -406,7 +414,8 @@ class PostgresStore:
                 "INSERT INTO devices(device, first_seen, last_seen, online, messages, readings) "
                 "VALUES (%s, %s, %s, true, %s, %s) ON CONFLICT (device) DO UPDATE SET "
                 "last_seen = greatest(coalesce(devices.last_seen, 0), excluded.last_seen), online = true, "
-                "messages = devices.messages + excluded.messages, readings = devices.readings + excluded.readings",
+                "messages = devices.messages + excluded.messages, "
+                "readings = devices.readings + excluded.readings",
                 [(d, v[0], v[0], int(v[1]), int(v[2])) for d, v in sorted(devices.items())],
             )
         return out
@@ -416,7 +425,8 @@ class PostgresStore:
         new = 0
         for d in letters:
             cur = self._conn.execute(
-                "INSERT INTO dead_letter (received_at, topic, reason, detail, device, epoch, seq, msg_id, payload) "
+                "INSERT INTO dead_letter "
+                "(received_at, topic, reason, detail, device, epoch, seq, msg_id, payload) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (d.received_at, d.topic, d.reason, d.detail, d.device, d.epoch, d.seq, d.msg_id,
                  d.payload[:MAX_DEAD_PAYLOAD] if d.payload is not None else None),
@@ -439,7 +449,8 @@ class PostgresStore:
         """Record a status message unless an equally new one is already stored (retained repeats)."""
         known = [counters.get(k) for k in STATUS_COUNTERS]
         self._conn.execute(
-            "INSERT INTO devices(device, first_seen, last_seen) VALUES (%s, %s, %s) ON CONFLICT (device) DO NOTHING",
+            "INSERT INTO devices(device, first_seen, last_seen) VALUES (%s, %s, %s) "
+            "ON CONFLICT (device) DO NOTHING",
             (device, seen_at, seen_at),
         )
         self._conn.execute(
@@ -454,8 +465,7 @@ class PostgresStore:
     def insert_alert(self, alert: AlertRecord) -> bool:
         a = alert
         cur = self._conn.execute(
-            "INSERT INTO alerts (" + ", ".join(f'"{c}"' for c in _ALERT_COLUMNS) + ") VALUES ("
-            + ", ".join(["%s"] * len(_ALERT_COLUMNS)) + ") ON CONFLICT (alert_id) DO NOTHING",
+            _ALERT_INSERT,
             (a.alert_id, a.device, a.sensor, a.metric, a.kind, a.state, a.start, a.end,
              a.peak_score, a.value, a.expected_low, a.expected_high, a.severity, a.late,
              a.detector, a.msg_id, a.opened_at, a.closed_at, a.acked_at, a.acked_by, a.note),
@@ -695,7 +705,8 @@ class PostgresStore:
         alert = self.get_alert(alert_id)
         with self.transaction():
             self._conn.execute(
-                "UPDATE alerts SET acked_at = coalesce(acked_at, %s), acked_by = %s, note = %s WHERE alert_id = %s",
+                "UPDATE alerts SET acked_at = coalesce(acked_at, %s), acked_by = %s, note = %s "
+                "WHERE alert_id = %s",
                 (now, by, note or alert.note, alert.alert_id),
             )
         return self.get_alert(alert.alert_id)
@@ -780,7 +791,8 @@ class PostgresStore:
             return ()
         query = (
             "WITH seqs AS (SELECT seq FROM readings WHERE source_id = %(src)s UNION "
-            "SELECT seq FROM dead_letter WHERE device = %(device)s AND epoch = %(epoch)s AND seq IS NOT NULL), "
+            "SELECT seq FROM dead_letter WHERE device = %(device)s AND epoch = %(epoch)s "
+            "AND seq IS NOT NULL), "
             "ordered AS (SELECT seq, lead(seq) OVER (ORDER BY seq) AS nxt FROM seqs) "
             "SELECT seq + 1 AS lo, nxt - 1 AS hi FROM ordered WHERE nxt > seq + 1 ORDER BY lo LIMIT %(limit)s"
         )
@@ -801,7 +813,8 @@ class PostgresStore:
         return [
             SeriesInfo(int(i), str(d), str(s), str(m), str(u or ""))
             for i, d, s, m, u in self._conn.execute(
-                "SELECT id, device, sensor, metric, unit FROM series WHERE device = %s ORDER BY sensor, metric",
+                "SELECT id, device, sensor, metric, unit FROM series WHERE device = %s "
+                "ORDER BY sensor, metric",
                 (device,),
             )
         ]
@@ -891,7 +904,10 @@ class PostgresStore:
         if since is not None:
             where.append("received_at >= %s")
             params.append(since)
-        query = "SELECT id, received_at, topic, reason, detail, device, epoch, seq, msg_id, payload FROM dead_letter"
+        query = (
+            "SELECT id, received_at, topic, reason, detail, device, epoch, seq, msg_id, payload "
+            "FROM dead_letter"
+        )
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY id DESC LIMIT %s"
