@@ -40,7 +40,7 @@ def postgres_server() -> Iterator[Postgres]:
         server.stop()
 
 
-STORE_BACKENDS = ["sqlite", "postgresql"]
+STORE_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(params=STORE_BACKENDS)
