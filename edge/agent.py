@@ -18,13 +18,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from devices import wire
+from devices.backoff import Backoff
 from devices.drivers import SensorDriver
 from devices.errors import SensorReadError, WireError
 from devices.model import Status, StatusEvent
 from edge.config import AgentConfig, build_drivers
 from edge.outbox import Outbox, Sample
 from edge.publisher import Link, LinkError
-from edge.sampling import Backoff, SensorSchedule
+from edge.sampling import SensorSchedule
 from edgewatch import __version__
 
 log = logging.getLogger("edgewatch.agent")

@@ -40,7 +40,7 @@ from cloud.detect import StreamDetector, Verdict, detector_from_bytes, make_dete
 from cloud.errors import StoreError
 from cloud.store.sqlite.store import AlertRecord, ReadingRow, Store, StreamCheckpoint
 from devices import wire
-from devices.errors import TopicError, WireError
+from devices.errors import ReservedDeviceId, TopicError, WireError
 from devices.model import (
     Ack,
     AlertEvent,
@@ -126,11 +126,16 @@ def decode_inbound(msg: Inbound, *, max_future: float = DEFAULT_MAX_FUTURE) -> I
     >>> item = decode_inbound(Inbound("edgewatch/v1/pi-1/telemetry", b"{oops", 1.7e9))
     >>> (item.reason, item.device)
     ('malformed_json', 'pi-1')
+    >>> decode_inbound(Inbound("edgewatch/v1/viewer/telemetry", b"{}", 1.7e9)).reason
+    'reserved_device'
     """
     try:
         device, kind = wire.parse_topic(msg.topic)
     except TopicError as exc:
-        return DeadLetter(msg.received_at, msg.topic, "bad_topic", str(exc)[:200], msg.payload)
+        # A role's username as a device (`viewer`, `aggregator`) is refused as loudly as a bad
+        # topic, under its own reason: it means a broker ACL lets a role publish as a device.
+        reason = "reserved_device" if isinstance(exc.__cause__, ReservedDeviceId) else "bad_topic"
+        return DeadLetter(msg.received_at, msg.topic, reason, str(exc)[:200], msg.payload)
     if kind in (wire.TELEMETRY, wire.BACKFILL):
         return _decode_readings(msg, device, kind == wire.BACKFILL, max_future)
     if kind == wire.STATUS:
