@@ -87,6 +87,7 @@ class Agent:
             oc.path,
             max_bytes=oc.max_bytes,
             min_free_disk_bytes=oc.min_free_disk_bytes,
+            reserve_bytes=oc.reserve_bytes,
             overflow=oc.overflow,
             synchronous=oc.synchronous,
             ack_timeout_s=pc.ack_timeout_s,
@@ -309,6 +310,7 @@ class Agent:
             "dropped_unconfirmed": c["dropped_unconfirmed"],
             "backlog": self.outbox.backlog,
             "sensor_failures": sum(s.health.failures for s in self.sensors),
+            "outbox_full": 1.0 if self.outbox.full else 0.0,  # the disk is full: policy drops apply
         }
 
     def _heartbeat(self) -> None:
