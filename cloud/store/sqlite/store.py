@@ -14,6 +14,7 @@ Layout (schema version in `PRAGMA user_version`, upgraded by `MIGRATIONS` in ord
     alerts         one row per episode; `alert_id` is deterministic, so a replay cannot double
     alert_outbox   alert messages to publish; deleted once the broker has them (at least once)
     detector_state checkpointed detector and episode state per series, plus `checkpoint` keys
+    rejected_checkpoints  checkpoints that could not be restored, kept aside with the reason
 
 Timestamps are unix seconds (REAL). The write path is plain sqlite3 `executemany` inside one
 `BEGIN IMMEDIATE` transaction per batch (WAL, synchronous=NORMAL: a committed row survives a
@@ -261,7 +262,16 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("checkpoint").create({"key": str, "value": float}, pk="key")
 
 
-MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (_v1,)
+def _v2_rejected_checkpoints(db: sqlite_utils.Database) -> None:
+    """Checkpoints that could not be restored, kept for inspection instead of stopping the start."""
+    db.table("rejected_checkpoints").create(
+        {"id": int, "series_id": int, "detector": str, "blob": bytes, "tracker": str,
+         "reason": str, "rejected_at": float},
+        pk="id", not_null={"series_id", "detector", "blob", "tracker", "reason", "rejected_at"},
+    )  # fmt: skip
+
+
+MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (_v1, _v2_rejected_checkpoints)
 """MIGRATIONS[i] upgrades a database from version i to i + 1; append, never edit."""
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -646,6 +656,25 @@ class Store:
             )
         ]
         return watermark, streams
+
+    def reject_checkpoint(self, checkpoint: StreamCheckpoint, reason: str, now: float) -> None:
+        """Move an unrestorable checkpoint aside (`rejected_checkpoints`); call in a transaction."""
+        self._conn.execute(
+            "INSERT INTO rejected_checkpoints(series_id, detector, blob, tracker, reason, rejected_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (checkpoint.series_id, checkpoint.detector, checkpoint.blob, checkpoint.tracker, reason, now),
+        )
+        self._conn.execute("DELETE FROM detector_state WHERE series_id = ?", (checkpoint.series_id,))
+
+    @_translated
+    def rejected_checkpoints(self) -> list[tuple[int, str, str, float]]:
+        """(series_id, detector, reason, rejected_at) of every checkpoint kept aside, oldest first."""
+        return [
+            (int(s), str(d), str(r), float(t))
+            for s, d, r, t in self._conn.execute(
+                "SELECT series_id, detector, reason, rejected_at FROM rejected_checkpoints ORDER BY id"
+            )
+        ]
 
     def readings_after(self, watermark: int, chunk: int = 10_000) -> Iterator[ReplayRow]:
         """Stored readings past the checkpoint, in the order they were first processed."""
