@@ -445,7 +445,7 @@ def test_clean_shutdown_is_not_silence(pipeline: Pipeline) -> None:
         (None, "{not json", "unreadable episode state"),
     ],
 )
-def test_an_unreadable_checkpoint_starts_that_stream_fresh_and_keeps_it_aside(
+def test_an_unreadable_checkpoint_starts_that_stream_fresh_and_keeps_it_aside(  # noqa: PLR0917
     store: Store,
     threshold: str,
     caplog: pytest.LogCaptureFixture,
