@@ -989,13 +989,28 @@ class Store:
         ]  # fmt: skip
 
     @_translated
-    def dead_letter_counts(self) -> dict[str, int]:
+    def dead_letter_counts(self, device: str | None = None) -> dict[str, int]:
+        """Dead letters per reason, of one device or of all."""
+        where, params = ("WHERE device = ? ", (device,)) if device is not None else ("", ())
         return {
             str(reason): int(n)
             for reason, n in self._conn.execute(
-                "SELECT reason, count(*) FROM dead_letter GROUP BY reason ORDER BY reason"
+                f"SELECT reason, count(*) FROM dead_letter {where}GROUP BY reason ORDER BY reason",  # noqa: S608
+                params,
             )
         }
+
+    @_translated
+    def dead_letter(self, dead_id: int) -> DeadLetterRecord:
+        """One dead letter by id; NotFound otherwise."""
+        rows = list(self.db.query("SELECT * FROM dead_letter WHERE id = ?", [dead_id]))
+        if not rows:
+            raise NotFound(f"dead letter {dead_id} does not exist")
+        r = rows[0]
+        return DeadLetterRecord(
+            r["id"], r["received_at"], r["topic"], r["reason"], r["detail"], r["device"],
+            r["epoch"], r["seq"], r["msg_id"] or "", r["payload"],
+        )  # fmt: skip
 
     @_translated
     def message(self, msg_id: str) -> list[dict[str, Any]]:
