@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cloud.alerts.episodes import (
@@ -45,7 +45,7 @@ from cloud.detect import (
     make_detector,
 )
 from cloud.errors import StoreError
-from cloud.store.sqlite.store import AlertRecord, ReadingRow, Store, StreamCheckpoint
+from cloud.store.sqlite.store import AlertRecord, ReadingRow, ReplayRow, Store, StreamCheckpoint
 from devices import wire
 from devices.errors import ReservedDeviceId, TopicError, WireError
 from devices.model import (
@@ -357,6 +357,7 @@ class _Batch:
     rows: list[ReadingRow] = field(default_factory=list)  # every reading of the batch, in order
     pending: list[tuple[ReadingsItem, int, int, int, int]] = field(default_factory=list)
     """(item, source_id, message_id, first row, rows) per readings message, for `_settle`."""
+    collect: list[AlertEvent] | None = None  # set by detect_history: transitions go here, unwritten
 
 
 class _Stream:
@@ -397,7 +398,10 @@ class _Stream:
 class Pipeline:
     """The aggregator's core over one Store. Not thread-safe: one batch at a time."""
 
-    def __init__(self, store: Store, settings: PipelineSettings | None = None, *, now: float) -> None:
+    def __init__(
+        self, store: Store, settings: PipelineSettings | None = None, *, now: float, recover: bool = True
+    ) -> None:
+        """`recover=False` starts every stream fresh and touches nothing in the store (replay)."""
         self.settings = settings = settings or PipelineSettings()
         make_detector(settings.detector)  # fail fast on an unknown name
         self.store = store
@@ -408,7 +412,10 @@ class Pipeline:
         self.replayed = 0
         self._needs_recovery = True
         self._recovered: BatchReport | None = None  # alert messages a replay made, to publish
-        self.recover(now)
+        if recover:
+            self.recover(now)
+        else:
+            self._needs_recovery = False
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -455,19 +462,8 @@ class Pipeline:
             else:  # a grace period from the restart: we could not hear anyone while down
                 self.silence.restore(device, Presence.ONLINE, now)
         batch = _Batch(now)
-        replayed = 0
         with store.transaction():
-            chunk: list[ReadingRow] = []
-            chunk_msg = ""
-            for row in store.readings_after(watermark):
-                if row.msg_id != chunk_msg and chunk:
-                    self._detect(chunk, chunk_msg, batch)
-                    chunk = []
-                chunk_msg = row.msg_id
-                chunk.append((0, 0, row.series_id, row.ts, row.value, 0, int(row.late)))
-                replayed += 1
-            if chunk:
-                self._detect(chunk, chunk_msg, batch)
+            replayed = self._feed(store.readings_after(watermark), batch)
         if replayed:
             log.info(
                 "replayed %d readings past checkpoint watermark %d (%d alert transitions were new)",
@@ -481,6 +477,34 @@ class Pipeline:
         if batch.report.publications:
             self._recovered = batch.report
         return replayed
+
+    def _feed(self, history: Iterable[ReplayRow], batch: _Batch) -> int:
+        """Stored readings, in the order they were first processed, through `_detect` exactly as
+        they went the first time (one call per message; late ones scored, not learned)."""
+        fed = 0
+        chunk: list[ReadingRow] = []
+        chunk_msg = ""
+        for row in history:
+            if row.msg_id != chunk_msg and chunk:
+                self._detect(chunk, chunk_msg, batch)
+                chunk = []
+            chunk_msg = row.msg_id
+            chunk.append((0, 0, row.series_id, row.ts, row.value, 0, int(row.late)))
+            fed += 1
+        if chunk:
+            self._detect(chunk, chunk_msg, batch)
+        return fed
+
+    def detect_history(self, history: Iterable[ReplayRow], now: float) -> tuple[int, list[AlertEvent]]:
+        """Replay: (readings fed, the alert transitions they make), nothing written anywhere.
+
+        The same code the aggregator runs on arrival and on recovery, so the same readings in
+        the same order give the same episodes with the same ids (a replay never doubles one).
+        """
+        batch = _Batch(now, collect=[])
+        fed = self._feed(history, batch)
+        assert batch.collect is not None
+        return fed, batch.collect
 
     def _restore(self, cp: StreamCheckpoint) -> _Stream:
         """One stream from its checkpoint; CheckpointError if any part of it cannot be read."""
@@ -809,6 +833,9 @@ class Pipeline:
 
     def _record(self, e: AlertEvent, batch: _Batch) -> None:
         """Store the transition; publish it only if it is new (a replay finds it already there)."""
+        if batch.collect is not None:  # detect_history: hand it back, write nothing
+            batch.collect.append(e)
+            return
         store, report, now = self.store, batch.report, batch.now
         if e.state is AlertState.OPEN:
             fresh = store.insert_alert(
