@@ -93,10 +93,8 @@ def test_replay_of_a_history_with_an_outage_and_backfill_doubles_nothing(tmp_pat
         pipeline = Pipeline(store, now=T0)
 
         def send(kind: str, seqs: range, msg_id: str) -> None:
-            rows = [
-                (s, T0 + s * 60, "env", "temperature", 60.0 if s in (230, 231) else 20 + math.sin(s / 10), "C")
-                for s in seqs
-            ]
+            value = {s: 60.0 if s in (230, 231) else 20 + math.sin(s / 10) for s in seqs}
+            rows = [(s, T0 + s * 60, "env", "temperature", value[s], "C") for s in seqs]
             payload = wire.encode_readings("r-1", "e1", rows, sent_at=T0, msg_id=msg_id)
             pipeline.ingest([Inbound(wire.device_topic("r-1", kind), payload, T0)], T0)
 
