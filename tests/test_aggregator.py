@@ -512,3 +512,57 @@ def test_after_a_broker_outage_readings_are_stored_and_confirmed_within_seconds(
     assert reconnected <= defaults.reconnect_cap + 2.0, reconnected
     assert stored <= 4.0 + defaults.reconnect_cap + 2.0, stored
     assert confirmed <= stored + defaults.ack_interval + 2.0, (stored, confirmed)
+
+
+def _fill(directory: Path) -> Path:
+    """Write a file until the filesystem refuses (ENOSPC); returns it (delete it to free space)."""
+    filler = directory / "filler"
+    chunk = b"\0" * 65536
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(chunk)
+                out.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_under_the_store_confirms_nothing_unstored_and_resumes(
+    broker: Mosquitto,
+    tmp_path: Path,
+    small_filesystem: Callable[[int], Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store on a real 8 MiB filesystem that fills up: no ack precedes its commit (checked
+    against the database on every ack), what was confirmed stays, and once space is back the
+    agents' resends are stored and confirmed, each reading once."""
+    where = small_filesystem(8 * 1024 * 1024)
+    db = where / "cloud.db"
+    caplog.set_level("WARNING", logger="edgewatch.cloud.service")
+    t0 = time.time() - 3600
+    with running(fast_config(broker, db)) as aggregator:
+        agent = FakeAgent(broker, "full-disk", verify_db=db)
+        agent.publish("pi-full", "e1", rows_for(range(1, 101), t0))
+        wait_for(lambda: agent.acked_count("pi-full", "e1") == 100, what="acks before the disk fills")
+        filler = _fill(where)
+        for start in range(101, 2101, 100):
+            agent.publish("pi-full", "e1", rows_for(range(start, start + 100), t0))
+        reported = lambda: any("confirming nothing" in r.getMessage() for r in caplog.records)  # noqa: E731
+        wait_for(reported, what="the report")
+        time.sleep(2.0)
+        assert aggregator.connected.is_set()
+        stuck = agent.acked_count("pi-full", "e1")
+        assert stuck < 2100  # not everything could be stored, so not everything was confirmed
+        filler.unlink()  # space returns
+        deadline = time.monotonic() + 60
+        while agent.acked_count("pi-full", "e1") < 2100 and time.monotonic() < deadline:
+            agent.resend_unacked(older_than=1.0, batch=100)
+            time.sleep(1.0)
+        assert agent.acked_count("pi-full", "e1") == 2100
+        assert agent.premature == []  # never an ack for a reading not committed
+        agent.close()
+    assert count(db, "SELECT count(*) FROM readings") == 2100
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("confirming nothing" in m for m in messages) == 1
+    assert any("writable again" in m for m in messages)

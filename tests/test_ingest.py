@@ -18,7 +18,7 @@ import pytest
 import cloud.detect
 from cloud.alerts.episodes import EpisodePolicy, SilencePolicy
 from cloud.detect.base import Verdict
-from cloud.errors import StoreError
+from cloud.errors import StoreError, StoreFull
 from cloud.ingest.pipeline import (
     AckCoalescer,
     DeadLetter,
@@ -319,6 +319,22 @@ def test_nothing_is_acked_or_learned_when_the_commit_fails(
     monkeypatch.setitem(cloud.detect.DETECTORS, "threshold", "tests.test_ingest:ThresholdDetector")
     pipeline.ingest([msg([3, 4])], T0 + 6)  # the agent's resend then succeeds
     assert pipeline.acks_due(T0 + 6) == [Ack(DEV, "e1", ((3, 4),))]
+
+
+def test_a_full_store_confirms_nothing_and_resumes(pipeline: Pipeline, store: Store) -> None:
+    """Fault injection that runs anywhere: SQLite says SQLITE_FULL past max_page_count."""
+    pipeline.ingest([msg(range(1, 11))], T0)
+    pipeline.acks_due(T0)
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(StoreFull):
+        pipeline.ingest([msg(range(11, 2011))], T0 + 5)
+    assert pipeline.acks_due(T0 + 10) == []
+    assert store.count_readings() == 10  # what was confirmed is still there
+    store.db.execute("PRAGMA max_page_count=1073741823")  # space returns
+    pipeline.ingest([msg(range(11, 2011))], T0 + 11)  # the agent's resend
+    assert pipeline.acks_due(T0 + 12) == [Ack(DEV, "e1", ((11, 2010),))]
+    assert store.count_readings() == 2010
 
 
 def test_a_spike_opens_and_closes_one_episode_published_once(pipeline: Pipeline, store: Store) -> None:

@@ -32,7 +32,7 @@ import aiomqtt
 
 from cloud.alerts.episodes import EpisodePolicy, SilencePolicy
 from cloud.detect.native import compiled
-from cloud.errors import CloudError, ConfigError, StoreError
+from cloud.errors import CloudError, ConfigError, StoreError, StoreFull
 from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings, Publication
 from cloud.service.config import AggregatorConfig
 from cloud.service.metrics import Metrics
@@ -86,6 +86,8 @@ class Aggregator:
         self._publish_ready = asyncio.Event()
         self._publications: list[Publication] = []
         self._stopping = False
+        self._failing_since: float | None = None  # monotonic time the store began refusing writes
+        self._refused = 0  # messages not written since then
         self._lock = asyncio.Lock()  # one pipeline call at a time, whichever thread runs it
         self.connected = asyncio.Event()  # set while subscribed (tests wait on it)
 
@@ -307,11 +309,32 @@ class Aggregator:
         try:
             report = await self._call(self.pipeline.ingest, batch, time.time())
         except StoreError as exc:
-            # Rolled back and nothing confirmed: the agents resend. Do not spin on a full disk.
+            # Rolled back and nothing confirmed: the agents keep their readings and resend them.
             self.metrics.store_errors.inc()
-            log.error("store error, %d messages not written (agents will resend): %s", len(batch), exc)
-            await asyncio.sleep(1.0)
+            self.metrics.store_writable.set(0)
+            self._refused += len(batch)
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                why = "the disk under it is full" if isinstance(exc, StoreFull) else "it cannot be written"
+                log.error(
+                    "store %s: %s; confirming nothing until it can write again (agents keep and "
+                    "resend their readings): %s",
+                    self.config.db,
+                    why,
+                    exc,
+                )
+            await asyncio.sleep(1.0)  # do not spin on a full disk
             return
+        if self._failing_since is not None:
+            log.warning(
+                "store %s writable again after %.0f s; %d messages were not written meanwhile "
+                "(their agents resend them)",
+                self.config.db,
+                time.monotonic() - self._failing_since,
+                self._refused,
+            )
+            self._failing_since, self._refused = None, 0
+            self.metrics.store_writable.set(1)
         self.metrics.observe(report, time.time())
         if report.publications:
             self._publications.extend(report.publications)
@@ -386,7 +409,8 @@ class Aggregator:
                     next_prune = time.monotonic() + RETENTION_EVERY
             except StoreError as exc:
                 self.metrics.store_errors.inc()
-                log.error("periodic work failed: %s", exc)
+                if self._failing_since is None or not isinstance(exc, StoreFull):
+                    log.error("periodic work failed: %s", exc)  # a full disk was already reported
 
 
 def _batch_end(inbox: Sequence[Inbound], max_messages: int, max_bytes: int) -> int:

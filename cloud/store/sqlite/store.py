@@ -24,6 +24,7 @@ writer of readings; the operator CLI writes only alert acknowledgements.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sqlite3
@@ -36,7 +37,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 import sqlite_utils
 
-from cloud.errors import NotFound, SchemaTooNew, StoreError
+from cloud.errors import NotFound, SchemaTooNew, StoreError, StoreFull
 from devices.model import Reading
 
 # Raw bytes kept for a dead letter; an oversized payload is truncated (the detail says so).
@@ -350,6 +351,13 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             raise
 
 
+def _store_error(what: str, exc: sqlite3.Error) -> StoreError:
+    """StoreFull for SQLITE_FULL and any SQLITE_IOERR (how ENOSPC surfaces), else StoreError."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    full = (isinstance(code, int) and code & 0xFF in (10, 13)) or "disk is full" in str(exc)
+    return (StoreFull if full else StoreError)(f"{what}: {exc}")
+
+
 def _translated(fn: Callable[P, T]) -> Callable[P, T]:
     """Queries outside a transaction: sqlite3 errors become StoreError at this boundary."""
 
@@ -436,20 +444,22 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic write; on any error it rolls back, forgets cached ids, raises StoreError."""
+        """One atomic write; on any error it rolls back, forgets cached ids, raises StoreError
+        (StoreFull when the disk is full: SQLite may have rolled back by itself already)."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot write {self.path}: {exc}") from exc
+            raise _store_error(f"cannot write {self.path}", exc) from exc
         try:
             yield
             self._conn.execute("COMMIT")
         except BaseException as exc:
             if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
             self._load_ids()
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"write to {self.path} failed: {exc}") from exc
+                raise _store_error(f"write to {self.path} failed", exc) from exc
             raise
 
     # -- hot write path -------------------------------------------------------------------------
