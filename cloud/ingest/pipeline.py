@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cloud.alerts.episodes import (
@@ -37,11 +37,18 @@ from cloud.alerts.episodes import (
     Transition,
     alert_id,
 )
-from cloud.detect import StreamDetector, Verdict, detector_from_bytes, make_detector
+from cloud.detect import (
+    CheckpointError,
+    StreamDetector,
+    Verdict,
+    detector_from_bytes,
+    detector_to_bytes,
+    make_detector,
+)
 from cloud.errors import StoreError
-from cloud.store.api import AlertRecord, DeadLetter, ReadingsItem, Store, StreamCheckpoint
+from cloud.store.api import AlertRecord, DeadLetter, ReadingsItem, ReplayRow, Store, StreamCheckpoint
 from devices import wire
-from devices.errors import TopicError, WireError
+from devices.errors import ReservedDeviceId, TopicError, WireError
 from devices.model import Ack, AlertEvent, AlertKind, AlertState, Status, StatusEvent
 
 log = logging.getLogger("edgewatch.cloud.ingest.pipeline")
@@ -81,11 +88,16 @@ def decode_inbound(msg: Inbound, *, max_future: float = DEFAULT_MAX_FUTURE) -> I
     >>> item = decode_inbound(Inbound("edgewatch/v1/pi-1/telemetry", b"{oops", 1.7e9))
     >>> (item.reason, item.device)
     ('malformed_json', 'pi-1')
+    >>> decode_inbound(Inbound("edgewatch/v1/viewer/telemetry", b"{}", 1.7e9)).reason
+    'reserved_device'
     """
     try:
         device, kind = wire.parse_topic(msg.topic)
     except TopicError as exc:
-        return DeadLetter(msg.received_at, msg.topic, "bad_topic", str(exc)[:200], msg.payload)
+        # A role's username as a device (`viewer`, `aggregator`) is refused as loudly as a bad
+        # topic, under its own reason: it means a broker ACL lets a role publish as a device.
+        reason = "reserved_device" if isinstance(exc.__cause__, ReservedDeviceId) else "bad_topic"
+        return DeadLetter(msg.received_at, msg.topic, reason, str(exc)[:200], msg.payload)
     if kind in (wire.TELEMETRY, wire.BACKFILL):
         return _decode_readings(msg, device, kind == wire.BACKFILL, max_future)
     if kind == wire.STATUS:
@@ -296,6 +308,7 @@ class _Batch:
     dead: list[DeadLetter] = field(default_factory=list)
     readings: list[ReadingsItem] = field(default_factory=list)
     last_message: int = 0  # the highest message id this batch processed
+    collect: list[AlertEvent] | None = None  # set by detect_history: transitions go here, unwritten
 
 
 class _Stream:
@@ -330,14 +343,21 @@ class _Stream:
             else None,
         }
         return StreamCheckpoint(
-            self.series_id, detector_name, self.detector.to_bytes(), json.dumps(tracker), self.watermark
+            self.series_id,
+            detector_name,
+            detector_to_bytes(self.detector),
+            json.dumps(tracker),
+            self.watermark,
         )
 
 
 class Pipeline:
     """The aggregator's core over one Store. Not thread-safe: one batch at a time."""
 
-    def __init__(self, store: Store, settings: PipelineSettings | None = None, *, now: float) -> None:
+    def __init__(
+        self, store: Store, settings: PipelineSettings | None = None, *, now: float, recover: bool = True
+    ) -> None:
+        """`recover=False` starts every stream fresh and touches nothing in the store (replay)."""
         self.settings = settings = settings or PipelineSettings()
         make_detector(settings.detector)  # fail fast on an unknown name
         self.store = store
@@ -349,7 +369,10 @@ class Pipeline:
         self._watermark = 0  # the last message id processed: the checkpoint's watermark
         self._needs_recovery = True
         self._recovered: BatchReport | None = None  # alert messages a replay made, to publish
-        self.recover(now)
+        if recover:
+            self.recover(now)
+        else:
+            self._needs_recovery = False
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -362,24 +385,29 @@ class Pipeline:
         store, settings = self.store, self.settings
         watermark, checkpoints = store.load_checkpoint()
         self._streams = {}
+        rejected: list[tuple[StreamCheckpoint, str]] = []
         for cp in checkpoints:
-            if cp.detector == settings.detector:
-                detector = detector_from_bytes(cp.blob)
-            else:
-                log.warning("series %d: detector changed from %s, starting fresh", cp.series_id, cp.detector)
-                detector = make_detector(settings.detector)
-            state = json.loads(cp.tracker)
-            stream = _Stream(
-                cp.series_id,
-                detector,
-                EpisodeTracker.from_state(state["live"], settings.episodes),
-                EpisodeTracker.from_state(state["late"], settings.episodes),
-            )
-            if state.get("last"):
-                stream.last = Verdict(**state["last"])
-            stream.dirty = False
-            stream.watermark = cp.watermark
+            try:
+                stream = self._restore(cp)
+            except CheckpointError as exc:
+                rejected.append((cp, str(exc)))
+                continue
             self._streams[cp.series_id] = stream
+        if rejected:
+            # Each such stream starts fresh (a warm-up); the others resume where they were.
+            with store.transaction():
+                for cp, reason in rejected:
+                    store.reject_checkpoint(cp, reason, now)
+            for cp, reason in rejected:
+                info = store.series_info(cp.series_id)
+                log.warning(
+                    "series %s/%s/%s: checkpoint not restored (%s); the stream starts fresh, "
+                    "the checkpoint is kept in rejected_checkpoints",
+                    info.device,
+                    info.sensor,
+                    info.metric,
+                    reason,
+                )
         self._status_ts = store.status_times()
         self.silence = SilenceWatch(settings.silence)
         silent = {a.device: a.start for a in store.list_alerts(kind="silent", state="open", limit=1 << 30)}
@@ -392,20 +420,9 @@ class Pipeline:
             else:  # a grace period from the restart: we could not hear anyone while down
                 self.silence.restore(device, Presence.ONLINE, now)
         batch = _Batch(now)
-        replayed = 0
         with store.transaction():
-            chunk: list[tuple[int, float, float]] = []
-            message, late, msg_id = 0, False, ""
-            for row in store.readings_after(watermark):
-                if row.message_id != message and chunk:
-                    self._detect(chunk, late, msg_id, message, batch)
-                    chunk = []
-                message, late, msg_id = row.message_id, row.late, row.msg_id
-                chunk.append((row.series_id, row.ts, row.value))
-                replayed += 1
-            if chunk:
-                self._detect(chunk, late, msg_id, message, batch)
-        self._watermark = max(watermark, message)
+            replayed, last = self._feed(store.readings_after(watermark), batch)
+        self._watermark = max(watermark, last)
         if replayed:
             log.info(
                 "replayed %d readings past checkpoint watermark %d (%d alert transitions were new)",
@@ -419,6 +436,59 @@ class Pipeline:
         if batch.report.publications:
             self._recovered = batch.report
         return replayed
+
+    def _feed(self, history: Iterable[ReplayRow], batch: _Batch) -> tuple[int, int]:
+        """Stored readings, in the order they were first processed, through `_detect` exactly as
+        they went the first time (one call per message; late ones scored, not learned).
+        Returns (readings fed, the last message id)."""
+        fed = 0
+        chunk: list[tuple[int, float, float]] = []
+        message, late, msg_id = 0, False, ""
+        for row in history:
+            if row.message_id != message and chunk:
+                self._detect(chunk, late, msg_id, message, batch)
+                chunk = []
+            message, late, msg_id = row.message_id, row.late, row.msg_id
+            chunk.append((row.series_id, row.ts, row.value))
+            fed += 1
+        if chunk:
+            self._detect(chunk, late, msg_id, message, batch)
+        return fed, message
+
+    def detect_history(self, history: Iterable[ReplayRow], now: float) -> tuple[int, list[AlertEvent]]:
+        """Replay: (readings fed, the alert transitions they make), nothing written anywhere.
+
+        The same code the aggregator runs on arrival and on recovery, so the same readings in
+        the same order give the same episodes with the same ids (a replay never doubles one).
+        """
+        batch = _Batch(now, collect=[])
+        fed, _ = self._feed(history, batch)
+        assert batch.collect is not None
+        return fed, batch.collect
+
+    def _restore(self, cp: StreamCheckpoint) -> _Stream:
+        """One stream from its checkpoint; CheckpointError if any part of it cannot be read."""
+        settings = self.settings
+        if cp.detector == settings.detector:
+            detector = detector_from_bytes(cp.blob)
+        else:
+            log.warning("series %d: detector changed from %s, starting fresh", cp.series_id, cp.detector)
+            detector = make_detector(settings.detector)
+        try:
+            state = json.loads(cp.tracker)
+            stream = _Stream(
+                cp.series_id,
+                detector,
+                EpisodeTracker.from_state(state["live"], settings.episodes),
+                EpisodeTracker.from_state(state["late"], settings.episodes),
+            )
+            if state.get("last"):
+                stream.last = Verdict(**state["last"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"unreadable episode state: {type(exc).__name__}: {exc}") from exc
+        stream.dirty = False
+        stream.watermark = cp.watermark
+        return stream
 
     # -- ingest ---------------------------------------------------------------------------------
 
@@ -660,6 +730,9 @@ class Pipeline:
 
     def _record(self, e: AlertEvent, batch: _Batch) -> None:
         """Store the transition; publish it only if it is new (a replay finds it already there)."""
+        if batch.collect is not None:  # detect_history: hand it back, write nothing
+            batch.collect.append(e)
+            return
         store, report, now = self.store, batch.report, batch.now
         if e.state is AlertState.OPEN:
             fresh = store.insert_alert(

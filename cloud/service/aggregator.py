@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,12 +30,13 @@ import aiomqtt
 
 from cloud.alerts.episodes import EpisodePolicy, SilencePolicy
 from cloud.detect.native import compiled
-from cloud.errors import CloudError, ConfigError, StoreError
+from cloud.errors import CloudError, ConfigError, StoreError, StoreFull
 from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings, Publication
 from cloud.service.config import AggregatorConfig
 from cloud.service.metrics import Metrics
-from cloud.store.api import Store, open_store
+from cloud.store.api import Store, open_store, redacted
 from devices import wire
+from devices.backoff import Backoff
 from devices.model import Ack
 
 log = logging.getLogger("edgewatch.cloud.service.aggregator")
@@ -61,11 +61,6 @@ def settings_from(config: AggregatorConfig) -> PipelineSettings:
     )
 
 
-def backoff(attempt: int, base: float, cap: int) -> float:
-    """Jittered exponential backoff: uniform(0, base ** min(cap, attempt))."""
-    return random.uniform(0, base ** min(cap, attempt))
-
-
 class Aggregator:
     """One aggregator process: owns the store, the pipeline, the worker thread and the client."""
 
@@ -88,6 +83,8 @@ class Aggregator:
         self._publish_ready = asyncio.Event()
         self._publications: list[Publication] = []
         self._stopping = False
+        self._failing_since: float | None = None  # monotonic time the store began refusing writes
+        self._refused = 0  # messages not written since then
         self._lock = asyncio.Lock()  # one pipeline call at a time, whichever thread runs it
         self.connected = asyncio.Event()  # set while subscribed (tests wait on it)
 
@@ -143,19 +140,18 @@ class Aggregator:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, serve, reconnect with backoff, until `stop` is set; then stop cleanly."""
         config = self.config
-        attempt = 0
+        retry = Backoff(config.reconnect_base, config.reconnect_cap)
         while not stop.is_set():
             try:
                 await self._connect_and_serve(stop)
             except aiomqtt.MqttError as exc:
                 if self.connected.is_set():  # it had connected: back off from the start again
-                    attempt = 0
+                    retry.reset()
                 self.connected.clear()
                 self.metrics.connected.set(0)
                 if stop.is_set():
                     break
-                delay = backoff(attempt, config.reconnect_base, config.reconnect_cap)
-                attempt += 1
+                delay = retry.next_delay()
                 self.metrics.reconnects.inc()
                 log.warning("broker %s: %s; retrying in %.1fs", self.url.redacted(), exc, delay)
                 with contextlib.suppress(TimeoutError):
@@ -309,11 +305,32 @@ class Aggregator:
         try:
             report = await self._call(self.pipeline.ingest, batch, time.time())
         except StoreError as exc:
-            # Rolled back and nothing confirmed: the agents resend. Do not spin on a full disk.
+            # Rolled back and nothing confirmed: the agents keep their readings and resend them.
             self.metrics.store_errors.inc()
-            log.error("store error, %d messages not written (agents will resend): %s", len(batch), exc)
-            await asyncio.sleep(1.0)
+            self.metrics.store_writable.set(0)
+            self._refused += len(batch)
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                why = "the disk under it is full" if isinstance(exc, StoreFull) else "it cannot be written"
+                log.error(
+                    "store %s: %s; confirming nothing until it can write again (agents keep and "
+                    "resend their readings): %s",
+                    redacted(self.config.db),
+                    why,
+                    exc,
+                )
+            await asyncio.sleep(1.0)  # do not spin on a full disk
             return
+        if self._failing_since is not None:
+            log.warning(
+                "store %s writable again after %.0f s; %d messages were not written meanwhile "
+                "(their agents resend them)",
+                redacted(self.config.db),
+                time.monotonic() - self._failing_since,
+                self._refused,
+            )
+            self._failing_since, self._refused = None, 0
+            self.metrics.store_writable.set(1)
         self.metrics.observe(report, time.time())
         if report.publications:
             self._publications.extend(report.publications)
@@ -388,7 +405,8 @@ class Aggregator:
                     next_prune = time.monotonic() + RETENTION_EVERY
             except StoreError as exc:
                 self.metrics.store_errors.inc()
-                log.error("periodic work failed: %s", exc)
+                if self._failing_since is None or not isinstance(exc, StoreFull):
+                    log.error("periodic work failed: %s", exc)  # a full disk was already reported
 
 
 def _batch_end(inbox: Sequence[Inbound], max_messages: int, max_bytes: int) -> int:

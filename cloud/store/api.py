@@ -249,19 +249,6 @@ class ReplayRow:
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryRow:
-    """A stored reading for the offline replay, ordered by series then time."""
-
-    series_id: int
-    device: str
-    sensor: str
-    metric: str
-    ts: float
-    value: float
-    msg_id: str
-
-
-@dataclass(frozen=True, slots=True)
 class ReplayedAlert:
     """One episode of an offline replay run, as kept in the replay set."""
 
@@ -365,6 +352,14 @@ class CheckpointStore(Protocol):
         """(the owner's watermark, every series' saved state)."""
         ...
 
+    def reject_checkpoint(self, checkpoint: StreamCheckpoint, reason: str, now: float) -> None:
+        """Move a checkpoint that cannot be restored aside, with the reason (in a transaction)."""
+        ...
+
+    def rejected_checkpoints(self) -> list[tuple[int, str, str, float]]:
+        """(series_id, detector, reason, rejected_at) of every checkpoint kept aside, oldest first."""
+        ...
+
     def readings_after(self, watermark: int) -> Iterator[ReplayRow]:
         """The readings of the messages past `watermark`, less those a series' own saved state
         already holds, in the order the pipeline first processed them (by message, then within
@@ -438,7 +433,13 @@ class ReadModel(Protocol):
         limit: int = 100,
     ) -> list[DeadLetterRecord]: ...
 
-    def dead_letter_counts(self) -> dict[str, int]: ...
+    def dead_letter_counts(self, device: str | None = None) -> dict[str, int]:
+        """Dead letters per reason, of one device or of all."""
+        ...
+
+    def dead_letter(self, dead_id: int) -> DeadLetterRecord:
+        """One dead letter by id; NotFound otherwise."""
+        ...
 
     def message(self, msg_id: str) -> list[MessageRecord]: ...
 
@@ -452,7 +453,9 @@ class ReadModel(Protocol):
 
     def devices_starting(self, prefix: str, limit: int = 200) -> list[str]: ...
 
-    def history(self, *, device: str | None, since: float | None) -> Iterator[HistoryRow]: ...
+    def history(self, *, device: str | None = None, since: float | None = None) -> Iterator[ReplayRow]:
+        """Stored readings in the order first processed (the offline replay's input)."""
+        ...
 
     def save_replayed(self, alerts: Sequence[ReplayedAlert], now: float) -> int:
         """Insert a replay run's episodes into the replay set (never doubles one); new ones."""
@@ -483,6 +486,22 @@ class Store(IngestStore, CheckpointStore, RetentionStore, ReadModel, OwnedStore,
 
 # ---------------------------------------------------------------------------------------------
 # the one entry point
+
+
+def redacted(target: str | Path) -> str:
+    """A store's path or URL as logs and messages may show it: never a password.
+
+    >>> redacted("postgresql://edgewatch:s3cret@db.example.com/edgewatch")
+    'postgresql://edgewatch@db.example.com/edgewatch'
+    >>> redacted("/var/lib/edgewatch/cloud.db")
+    '/var/lib/edgewatch/cloud.db'
+    """
+    text = str(target)
+    scheme, sep, rest = text.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return text
+    return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
 
 
 def open_store(

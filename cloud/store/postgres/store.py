@@ -28,7 +28,7 @@ from typing import Any, Final, ParamSpec, Self, TypeVar
 import psycopg
 from psycopg import sql as pgsql
 
-from cloud.errors import NotFound, SchemaTooNew, StoreError
+from cloud.errors import NotFound, SchemaTooNew, StoreError, StoreFull
 from cloud.store.api import (
     MAX_DEAD_PAYLOAD,
     REPLAY_SET,
@@ -38,7 +38,6 @@ from cloud.store.api import (
     DeadLetterRecord,
     DeviceRecord,
     EpochCompleteness,
-    HistoryRow,
     MessageRecord,
     MessageTotals,
     Presence,
@@ -49,6 +48,7 @@ from cloud.store.api import (
     StoredMessage,
     StoredReading,
     StreamCheckpoint,
+    redacted,
 )
 
 P = ParamSpec("P")
@@ -95,13 +95,6 @@ def migrations() -> list[tuple[int, str]]:
 
 
 SCHEMA_VERSION: Final = len(migrations())
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    scheme, _, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    return f"{scheme}://{creds.split(':', 1)[0]}@{host}" if at else url
 
 
 def _translated(fn: Callable[P, T]) -> Callable[P, T]:
@@ -236,6 +229,9 @@ class PostgresStore:
                     yield
                 finally:
                     self._in_transaction = False
+        except psycopg.errors.DiskFull as exc:
+            self._forget_ids()
+            raise StoreFull(f"write to {self.path} failed: {exc}") from exc
         except psycopg.Error as exc:
             self._forget_ids()
             raise StoreError(f"write to {self.path} failed: {exc}") from exc
@@ -556,17 +552,47 @@ class PostgresStore:
         ]
         return watermark, streams
 
-    def readings_after(self, watermark: int, chunk: int = 200) -> Iterator[ReplayRow]:
+    def reject_checkpoint(self, checkpoint: StreamCheckpoint, reason: str, now: float) -> None:
+        """Move an unrestorable checkpoint aside (`rejected_checkpoints`); call in a transaction."""
+        cp = checkpoint
+        self._conn.execute(
+            "INSERT INTO rejected_checkpoints (series_id, detector, blob, tracker, reason, rejected_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (cp.series_id, cp.detector, cp.blob, cp.tracker, reason, now),
+        )
+        self._conn.execute("DELETE FROM detector_state WHERE series_id = %s", (cp.series_id,))
+
+    @_translated
+    def rejected_checkpoints(self) -> list[tuple[int, str, str, float]]:
+        return [
+            (int(i), str(d), str(r), float(t))
+            for i, d, r, t in self._conn.execute(
+                "SELECT series_id, detector, reason, rejected_at FROM rejected_checkpoints ORDER BY id"
+            )
+        ]
+
+    def readings_after(self, watermark: int) -> Iterator[ReplayRow]:
         """Readings of the messages past `watermark`, less those a series' own state holds."""
-        last = watermark
+        return self._processed(watermark, device=None, since=None, skip_saved=True)
+
+    def history(self, *, device: str | None = None, since: float | None = None) -> Iterator[ReplayRow]:
+        """Stored readings in the order first processed, optionally one device's from `since`."""
+        return self._processed(0, device=device, since=since, skip_saved=False)
+
+    def _processed(
+        self, after: int, *, device: str | None, since: float | None, skip_saved: bool, chunk: int = 200
+    ) -> Iterator[ReplayRow]:
         query = (
-            "SELECT m.id, r.series_id, r.ts, r.value, r.late, m.msg_id FROM messages m "
+            "SELECT m.id, r.series_id, r.ts, r.value, r.late, m.msg_id FROM messages m "  # noqa: S608 - fixed parts
             "JOIN readings r ON r.source_id = m.source_id AND r.seq BETWEEN m.lo_seq AND m.hi_seq "
             "AND r.ts BETWEEN m.min_ts AND m.max_ts AND r.message_id = m.id "
-            "LEFT JOIN detector_state d ON d.series_id = r.series_id "
-            "WHERE m.id > %s AND m.id <= %s AND m.stored > 0 AND m.id > coalesce(d.watermark, 0) "
-            "ORDER BY m.id, r.pos"
+            + ("LEFT JOIN detector_state d ON d.series_id = r.series_id " if skip_saved else "")
+            + "WHERE m.id > %s AND m.id <= %s AND m.stored > 0 AND r.ts >= %s "
+            + ("AND m.id > coalesce(d.watermark, 0) " if skip_saved else "")
+            + ("AND m.device = %s " if device is not None else "")
+            + "ORDER BY m.id, r.pos"
         )
+        last, lo = after, since if since is not None else -float("inf")
         while True:
             try:
                 top = self._scalar(
@@ -575,9 +601,10 @@ class PostgresStore:
                 )
                 if not top:
                     return
-                rows = self._conn.execute(query, (last, top)).fetchall()
+                params: tuple[Any, ...] = (last, top, lo) if device is None else (last, top, lo, device)
+                rows = self._conn.execute(query.encode(), params).fetchall()
             except psycopg.Error as exc:
-                raise StoreError(f"cannot read readings to replay: {exc}") from exc
+                raise StoreError(f"reading stored readings from {self.path} failed: {exc}") from exc
             for mid, sid, ts, value, late, msg_id in rows:
                 yield ReplayRow(int(mid), int(sid), float(ts), float(value), bool(late), str(msg_id))
             last = top
@@ -904,14 +931,14 @@ class PostgresStore:
         if since is not None:
             where.append("received_at >= %s")
             params.append(since)
+        clause = ("WHERE " + " AND ".join(where) + " ") if where else ""
+        return self._dead_letters(clause + "ORDER BY id DESC LIMIT %s", [*params, limit])
+
+    def _dead_letters(self, clause: str, params: list[Any]) -> list[DeadLetterRecord]:
         query = (
             "SELECT id, received_at, topic, reason, detail, device, epoch, seq, msg_id, payload "
-            "FROM dead_letter"
+            "FROM dead_letter " + clause
         )
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY id DESC LIMIT %s"
-        params.append(limit)
         return [
             DeadLetterRecord(
                 int(i), float(at), t, r, d, dev, e, None if seq is None else int(seq), m or "",
@@ -921,28 +948,22 @@ class PostgresStore:
         ]  # fmt: skip
 
     @_translated
-    def dead_letter_counts(self) -> dict[str, int]:
+    def dead_letter_counts(self, device: str | None = None) -> dict[str, int]:
+        query = "SELECT reason, count(*) FROM dead_letter"
+        params: tuple[Any, ...] = ()
+        if device is not None:
+            query, params = query + " WHERE device = %s", (device,)
         return {
             str(r): int(n)
-            for r, n in self._conn.execute(
-                "SELECT reason, count(*) FROM dead_letter GROUP BY reason ORDER BY reason"
-            )
+            for r, n in self._conn.execute((query + " GROUP BY reason ORDER BY reason").encode(), params)
         }
 
-    def history(self, *, device: str | None, since: float | None) -> Iterator[HistoryRow]:
-        query = (
-            "SELECT r.series_id, s.device, s.sensor, s.metric, r.ts, r.value, coalesce(m.msg_id, '') "
-            "FROM readings r JOIN series s ON s.id = r.series_id LEFT JOIN messages m ON m.id = r.message_id "
-            "WHERE (%s::text IS NULL OR s.device = %s) AND r.ts >= %s "
-            "ORDER BY r.series_id, r.ts, r.message_id, r.pos"
-        )
-        try:
-            with self._conn.cursor(name="history") if self._in_transaction else self._conn.cursor() as cur:
-                cur.execute(query, (device, device, since if since is not None else 0.0))
-                for row in cur:
-                    yield HistoryRow(*row)
-        except psycopg.Error as exc:
-            raise StoreError(f"reading history from {self.path} failed: {exc}") from exc
+    @_translated
+    def dead_letter(self, dead_id: int) -> DeadLetterRecord:
+        found = self._dead_letters("WHERE id = %s", [dead_id])
+        if not found:
+            raise NotFound(f"dead letter {dead_id} does not exist")
+        return found[0]
 
     def save_replayed(self, alerts: Sequence[ReplayedAlert], now: float) -> int:
         written = 0

@@ -26,10 +26,10 @@ from cloud.store.api import (
     DeadLetterRecord,
     DeviceRecord,
     EpochCompleteness,
-    HistoryRow,
     MessageRecord,
     MessageTotals,
     ReplayedAlert,
+    ReplayRow,
     SeriesInfo,
     StoredReading,
 )
@@ -397,28 +397,67 @@ class SqliteReadModel:
         ]  # fmt: skip
 
     @translated
-    def dead_letter_counts(self) -> dict[str, int]:
+    def dead_letter_counts(self, device: str | None = None) -> dict[str, int]:
+        """Dead letters per reason, of one device or of all."""
+        where, params = ("WHERE device = ? ", (device,)) if device is not None else ("", ())
         return {
             str(reason): int(n)
             for reason, n in self._conn.execute(
-                "SELECT reason, count(*) FROM dead_letter GROUP BY reason ORDER BY reason"
+                f"SELECT reason, count(*) FROM dead_letter {where}GROUP BY reason ORDER BY reason",  # noqa: S608
+                params,
             )
         }
 
+    @translated
+    def dead_letter(self, dead_id: int) -> DeadLetterRecord:
+        """One dead letter by id; NotFound otherwise."""
+        rows = list(self.db.query("SELECT * FROM dead_letter WHERE id = ?", [dead_id]))
+        if not rows:
+            raise NotFound(f"dead letter {dead_id} does not exist")
+        r = rows[0]
+        return DeadLetterRecord(
+            r["id"], r["received_at"], r["topic"], r["reason"], r["detail"], r["device"],
+            r["epoch"], r["seq"], r["msg_id"] or "", r["payload"],
+        )  # fmt: skip
+
     # -- offline replay -------------------------------------------------------------------------
 
-    def history(self, *, device: str | None, since: float | None) -> Iterator[HistoryRow]:
-        """Stored readings ordered by series, then time (then first-processed order)."""
+    def history(self, *, device: str | None = None, since: float | None = None) -> Iterator[ReplayRow]:
+        """Stored readings in the order the aggregator first processed them (message, then
+        place in it), optionally one device's and from `since` on: the offline replay's input."""
+        return self._processed(0, device=device, since=since, skip_saved=False)
+
+    def _processed(
+        self, after: int, *, device: str | None, since: float | None, skip_saved: bool, chunk: int = 200
+    ) -> Iterator[ReplayRow]:
+        """Readings of the messages with ids above `after`, by message then place, `chunk`
+        messages a query; `skip_saved` leaves out what a series' saved state already holds."""
         sql = (
-            "SELECT r.series_id, s.device, s.sensor, s.metric, r.ts, r.value, coalesce(m.msg_id, '') "
-            "FROM readings r JOIN series s ON s.id = r.series_id LEFT JOIN messages m ON m.id = r.message_id "
-            "WHERE (? IS NULL OR s.device = ?) AND r.ts >= ? ORDER BY r.series_id, r.ts, r.message_id, r.id"
+            "SELECT m.id, r.series_id, r.ts, r.value, r.late, m.msg_id FROM messages m "  # noqa: S608 - fixed parts
+            "JOIN readings r ON r.source_id = m.source_id AND r.seq BETWEEN m.lo_seq AND m.hi_seq "
+            "AND r.message_id = m.id "
+            + ("LEFT JOIN detector_state d ON d.series_id = r.series_id " if skip_saved else "")
+            + "WHERE m.id > ? AND m.id <= ? AND m.stored > 0 AND r.ts >= ? "
+            + ("AND m.id > coalesce(d.watermark, 0) " if skip_saved else "")
+            + ("AND m.device = ? " if device is not None else "")
+            + "ORDER BY m.id, r.id"
         )
-        try:
-            for row in self._conn.execute(sql, (device, device, since if since is not None else 0.0)):
-                yield HistoryRow(*row)
-        except sqlite3.Error as exc:
-            raise StoreError(f"reading history from {self.path} failed: {exc}") from exc
+        last, lo = after, since if since is not None else -float("inf")
+        while True:
+            try:
+                top = self._scalar(
+                    "SELECT max(id) FROM (SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT ?)",
+                    (last, chunk),
+                )
+                if not top:
+                    return
+                params: tuple[Any, ...] = (last, top, lo) if device is None else (last, top, lo, device)
+                rows = self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"reading stored readings from {self.path} failed: {exc}") from exc
+            for mid, sid, ts, value, late, msg_id in rows:
+                yield ReplayRow(int(mid), int(sid), float(ts), float(value), bool(late), str(msg_id))
+            last = top
 
     def _ensure_replay_set(self) -> None:
         self._conn.execute(

@@ -14,6 +14,7 @@ Layout (schema version in `PRAGMA user_version`, upgraded by `MIGRATIONS` in ord
     alerts         one row per episode; `alert_id` is deterministic, so a replay cannot double
     alert_outbox   alert messages to publish; deleted once the broker has them (at least once)
     detector_state checkpointed detector and episode state per series, plus `checkpoint` keys
+    rejected_checkpoints  checkpoints that could not be restored, kept aside with the reason
 
 Timestamps are unix seconds (REAL). The write path is plain sqlite3 `executemany` inside one
 `BEGIN IMMEDIATE` transaction per batch (WAL, synchronous=NORMAL: a committed row survives a
@@ -23,6 +24,7 @@ writer of readings; the operator CLI writes only alert acknowledgements.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -35,7 +37,7 @@ from typing import Any, Final, Self
 
 import sqlite_utils
 
-from cloud.errors import SchemaTooNew, StoreError
+from cloud.errors import NotFound, SchemaTooNew, StoreError, StoreFull
 from cloud.store.api import (
     MAX_DEAD_PAYLOAD,
     STATUS_COUNTERS,
@@ -145,7 +147,16 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("checkpoint").create({"key": str, "value": float}, pk="key")
 
 
-def _v2(db: sqlite_utils.Database) -> None:
+def _v2_rejected_checkpoints(db: sqlite_utils.Database) -> None:
+    """Checkpoints that could not be restored, kept for inspection instead of stopping the start."""
+    db.table("rejected_checkpoints").create(
+        {"id": int, "series_id": int, "detector": str, "blob": bytes, "tracker": str,
+         "reason": str, "rejected_at": float},
+        pk="id", not_null={"series_id", "detector", "blob", "tracker", "reason", "rejected_at"},
+    )  # fmt: skip
+
+
+def _v3_keyed_messages(db: sqlite_utils.Database) -> None:
     """Ids from the database, not from arithmetic: messages find their readings by key.
 
     A message row names its source and the seq range of the readings it stored; with
@@ -183,7 +194,11 @@ def _v2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (_v1, _v2)
+MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (
+    _v1,
+    _v2_rejected_checkpoints,
+    _v3_keyed_messages,
+)
 """MIGRATIONS[i] upgrades a database from version i to i + 1; append, never edit."""
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -193,9 +208,7 @@ def _connect(path: Path, *, synchronous: str, create: bool, readonly: bool) -> s
         raise StoreError(f"no database at {path}")
     try:
         if readonly:
-            conn = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-            )
+            conn = connect_readonly(path)
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
     except sqlite3.Error as exc:
@@ -219,6 +232,20 @@ def _connect(path: Path, *, synchronous: str, create: bool, readonly: bool) -> s
     except sqlite3.Error as exc:
         conn.close()
         raise StoreError(f"cannot use database {path}: {exc}") from exc
+    return conn
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that never writes anything: not the database, not a -wal or -shm file.
+
+    With a writer at work (its -wal file exists) `mode=ro` reads beside it through the writer's
+    shared memory. Without one, `mode=ro` would still create -wal and -shm files (or fail on a
+    read-only directory), so the file is opened `immutable`: nothing writes it meanwhile.
+    """
+    uri = path.resolve().as_uri()
+    mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+    conn = sqlite3.connect(f"{uri}?{mode}", uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA query_only = ON")
     return conn
 
 
@@ -254,6 +281,13 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 # the store
 
 
+def _store_error(what: str, exc: sqlite3.Error) -> StoreError:
+    """StoreFull for SQLITE_FULL and any SQLITE_IOERR (how ENOSPC surfaces), else StoreError."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    full = (isinstance(code, int) and code & 0xFF in (10, 13)) or "disk is full" in str(exc)
+    return (StoreFull if full else StoreError)(f"{what}: {exc}")
+
+
 def check_store_file(path: Path) -> None:
     """Raise StoreError unless `path` is an edgewatch store this code can read (opens read-only).
 
@@ -272,7 +306,7 @@ def check_store_file(path: Path) -> None:
     if magic != SQLITE_MAGIC:
         raise StoreError(f"{path} is not an edgewatch database (not a SQLite file)")
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+        conn = connect_readonly(path)
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             tables = {str(n) for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -336,23 +370,18 @@ class SqliteStore(SqliteReadModel):
         self._sources: dict[tuple[str, str], int] = {}
         self._series: dict[tuple[str, str, str], int] = {}
         self._series_info: dict[int, SeriesInfo] = {}
-        self._load_ids()
+        self.readonly = readonly
+        if not readonly:  # an operator's read needs none of the writer's id caches
+            self._load_ids()
 
     @classmethod
     def open_existing(cls, path: Path, *, write: bool) -> SqliteStore:
-        """An existing edgewatch store; read-only (`PRAGMA query_only`) unless `write`.
-
-        Read-only opens run beside a writing aggregator and never write themselves.
-        """
+        """An existing edgewatch store, for operators: read-only unless `write` (alert
+        acknowledgements, replays). Read-only means it: `mode=ro` (works on a read-only file or
+        directory), no pragma that writes, no migration, no id caches, and it never blocks the
+        aggregator."""
         check_store_file(path)
-        store = cls(path, create=False)
-        if not write:
-            try:
-                store._conn.execute("PRAGMA query_only = ON")
-            except sqlite3.Error as exc:
-                store.close()
-                raise StoreError(f"cannot open {path} read-only: {exc}") from exc
-        return store
+        return cls(path, create=False, readonly=not write)
 
     def _load_ids(self) -> None:
         self._sources = {(d, e): i for i, d, e in self._conn.execute("SELECT id, device, epoch FROM sources")}
@@ -396,20 +425,22 @@ class SqliteStore(SqliteReadModel):
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic write; on any error it rolls back, forgets cached ids, raises StoreError."""
+        """One atomic write; on any error it rolls back, forgets cached ids, raises StoreError
+        (StoreFull when the disk is full: SQLite may have rolled back by itself already)."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot write {self.path}: {exc}") from exc
+            raise _store_error(f"cannot write {self.path}", exc) from exc
         try:
             yield
             self._conn.execute("COMMIT")
         except BaseException as exc:
             if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
             self._load_ids()
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"write to {self.path} failed: {exc}") from exc
+                raise _store_error(f"write to {self.path} failed", exc) from exc
             raise
 
     # -- hot write path -------------------------------------------------------------------------
@@ -438,9 +469,20 @@ class SqliteStore(SqliteReadModel):
         return sid
 
     def find_series(self, device: str, sensor: str, metric: str) -> int | None:
+        if self.readonly:
+            sql = "SELECT id FROM series WHERE device = ? AND sensor = ? AND metric = ?"
+            row = self._conn.execute(sql, (device, sensor, metric)).fetchone()
+            return int(row[0]) if row else None
         return self._series.get((device, sensor, metric))
 
     def series_info(self, series_id: int) -> SeriesInfo:
+        if self.readonly:
+            row = self._conn.execute(
+                "SELECT id, device, sensor, metric, unit FROM series WHERE id = ?", (series_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"series {series_id} does not exist")
+            return SeriesInfo(int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4] or ""))
         return self._series_info[series_id]
 
     def store_messages(self, items: Sequence[ReadingsItem]) -> list[StoredMessage]:
@@ -711,31 +753,29 @@ class SqliteStore(SqliteReadModel):
         ]
         return watermark, streams
 
-    def readings_after(self, watermark: int, chunk: int = 200) -> Iterator[ReplayRow]:
+    def reject_checkpoint(self, checkpoint: StreamCheckpoint, reason: str, now: float) -> None:
+        """Move an unrestorable checkpoint aside (`rejected_checkpoints`); call in a transaction."""
+        self._conn.execute(
+            "INSERT INTO rejected_checkpoints(series_id, detector, blob, tracker, reason, rejected_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (checkpoint.series_id, checkpoint.detector, checkpoint.blob, checkpoint.tracker, reason, now),
+        )
+        self._conn.execute("DELETE FROM detector_state WHERE series_id = ?", (checkpoint.series_id,))
+
+    @translated
+    def rejected_checkpoints(self) -> list[tuple[int, str, str, float]]:
+        """(series_id, detector, reason, rejected_at) of every checkpoint kept aside, oldest first."""
+        return [
+            (int(s), str(d), str(r), float(t))
+            for s, d, r, t in self._conn.execute(
+                "SELECT series_id, detector, reason, rejected_at FROM rejected_checkpoints ORDER BY id"
+            )
+        ]
+
+    def readings_after(self, watermark: int) -> Iterator[ReplayRow]:
         """Readings of the messages past the owner's `watermark`, each skipped if its series'
         own saved state already holds it, in the order they were first processed."""
-        last = watermark
-        sql = (
-            "SELECT m.id, r.series_id, r.ts, r.value, r.late, m.msg_id FROM messages m "
-            "JOIN readings r ON r.source_id = m.source_id AND r.seq BETWEEN m.lo_seq AND m.hi_seq "
-            "AND r.message_id = m.id LEFT JOIN detector_state d ON d.series_id = r.series_id "
-            "WHERE m.id > ? AND m.id <= ? AND m.stored > 0 AND m.id > coalesce(d.watermark, 0) "
-            "ORDER BY m.id, r.id"
-        )
-        while True:
-            try:
-                top = self._scalar(
-                    "SELECT max(id) FROM (SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT ?)",
-                    (last, chunk),
-                )
-                if not top:
-                    return
-                rows = self._conn.execute(sql, (last, top)).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot read readings to replay: {exc}") from exc
-            for mid, sid, ts, value, late, msg_id in rows:
-                yield ReplayRow(int(mid), int(sid), float(ts), float(value), bool(late), str(msg_id))
-            last = top
+        return self._processed(watermark, device=None, since=None, skip_saved=True)
 
     # -- housekeeping ---------------------------------------------------------------------------
 

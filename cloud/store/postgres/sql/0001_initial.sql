@@ -144,6 +144,17 @@ CREATE TABLE detector_state (
     watermark   bigint NOT NULL DEFAULT 0
 );
 
+-- Checkpoints that could not be restored, kept for inspection instead of stopping the start.
+CREATE TABLE rejected_checkpoints (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    series_id    integer NOT NULL,
+    detector     text NOT NULL,
+    blob         bytea NOT NULL,
+    tracker      text NOT NULL,
+    reason       text NOT NULL,
+    rejected_at  double precision NOT NULL
+);
+
 CREATE TABLE checkpoint (
     key    text PRIMARY KEY,
     value  double precision
