@@ -7,9 +7,10 @@ message ids from a sequence (one round trip a batch), and readings partitioned b
 keyed by (source_id, seq, ts) (see 0001_initial.sql for why ts is in the key).
 
 The hot path, one transaction per batch: COPY the batch's readings into a temporary staging
-table, then one `INSERT ... SELECT ... ORDER BY pos ON CONFLICT DO NOTHING RETURNING pos`: the
-positions returned are exactly the readings that were new (a duplicate within the batch loses
-to its first occurrence, as in SQLite). Retention drops whole day partitions older than the cut.
+table, then one `INSERT ... SELECT ... ORDER BY message_id, pos ON CONFLICT DO NOTHING` that
+returns how many were new; when that is fewer than the batch, one more query names the staged
+rows that were not stored (a duplicate within the batch loses to its first occurrence, as in
+SQLite). Retention drops whole day partitions older than the cut.
 Ownership is a session advisory lock: one aggregator writes a store at a time.
 """
 
@@ -294,7 +295,7 @@ class PostgresStore:
             self._partitions.add(day)
 
     def store_messages(self, items: Sequence[ReadingsItem]) -> list[StoredMessage]:
-        """COPY into staging, one INSERT ... ON CONFLICT DO NOTHING RETURNING pos, then the rest."""
+        """COPY into staging, one INSERT ... ON CONFLICT DO NOTHING counting the new, then the rest."""
         conn = self._conn
         if not items:
             return []
@@ -327,7 +328,8 @@ class PostgresStore:
                 tss = [r.ts for r in item.accepted]
                 days.update(range(_day(min(tss)), _day(max(tss)) + 1))
             spans.append((src, start, len(rows)))
-        fresh: set[tuple[int, int]] = set()
+        duplicates: set[tuple[int, int]] = set()  # (message_id, pos) of readings not stored
+        inserted = 0
         if rows:
             self._ensure_partitions(days)
             with conn.cursor() as cur:
@@ -338,22 +340,32 @@ class PostgresStore:
                     copy.set_types(_STAGING_TYPES)
                     for row in rows:
                         copy.write_row(row)
-                # In arrival order: of two equal keys in one batch, the first is stored.
+                # In arrival order: of two equal keys in one batch, the first is stored. Only the
+                # count comes back (returning 120k rows a batch cost more than the insert's
+                # Python side); a batch with duplicates then asks which rows they were.
                 cur.execute(
-                    "INSERT INTO readings (source_id, seq, ts, series_id, value, message_id, pos, late) "
+                    "WITH ins AS (INSERT INTO readings "
+                    "(source_id, seq, ts, series_id, value, message_id, pos, late) "
                     "SELECT source_id, seq, ts, series_id, value, message_id, pos, late FROM staging "
-                    "ORDER BY message_id, pos ON CONFLICT DO NOTHING RETURNING message_id, pos"
+                    "ORDER BY message_id, pos ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM ins"
                 )
-                fresh = {(int(m), int(p)) for m, p in cur.fetchall()}
+                counted = cur.fetchone()
+                inserted = int(counted[0]) if counted else 0
+                if inserted < len(rows):
+                    cur.execute(
+                        "SELECT s.message_id, s.pos FROM staging s "
+                        "WHERE NOT EXISTS (SELECT 1 FROM readings r WHERE r.source_id = s.source_id "
+                        "AND r.seq = s.seq AND r.ts = s.ts AND r.message_id = s.message_id AND r.pos = s.pos)"
+                    )
+                    duplicates = set(cur.fetchall())
         out: list[StoredMessage] = []
         messages: list[tuple[Any, ...]] = []
         sources: dict[int, list[float]] = {}
         devices: dict[str, list[float]] = {}
-        everything_new = len(fresh) == len(rows)
         for mid, item, (src, start, end) in zip(mids, items, spans, strict=True):
             mine = rows[start:end]
-            if not everything_new:
-                mine = [r for r in mine if (mid, r[0]) in fresh]
+            if duplicates:
+                mine = [r for r in mine if (mid, r[0]) not in duplicates]
             stored = len(mine)
             rejected = self.insert_dead_letters(item.dead) if item.dead else 0
             msg = item.batch
