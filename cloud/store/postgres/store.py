@@ -161,7 +161,9 @@ class PostgresStore:
         self._sources: dict[tuple[str, str], int] = {}
         self._series: dict[tuple[str, str, str], int] = {}
         self._series_info: dict[int, SeriesInfo] = {}
-        self._load_ids()
+        self.readonly = readonly
+        if not readonly:  # an operator's read needs none of the writer's id caches
+            self._load_ids()
 
     def _version(self) -> int | None:
         exists = self._scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'edgewatch_schema'")
@@ -276,9 +278,22 @@ class PostgresStore:
         return sid
 
     def find_series(self, device: str, sensor: str, metric: str) -> int | None:
+        if self.readonly:
+            sid = self._scalar(
+                "SELECT id FROM series WHERE device = %s AND sensor = %s AND metric = %s",
+                (device, sensor, metric),
+            )
+            return sid or None
         return self._series.get((device, sensor, metric))
 
     def series_info(self, series_id: int) -> SeriesInfo:
+        if self.readonly:
+            row = self._conn.execute(
+                "SELECT id, device, sensor, metric, unit FROM series WHERE id = %s", (series_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"series {series_id} does not exist")
+            return SeriesInfo(int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4] or ""))
         return self._series_info[series_id]
 
     def _ensure_partitions(self, days: Iterable[int]) -> None:
@@ -870,13 +885,17 @@ class PostgresStore:
         limit: int = 100_000,
     ) -> list[StoredReading]:
         lo, hi = since if since is not None else 0.0, until if until is not None else float("inf")
+        # message -> its readings by key, as in SQLite: no (series, ts) index on the hot table
         query = (
             "SELECT r.ts, r.value, s.device, s.sensor, s.metric, s.unit, src.epoch, r.seq, r.late, m.msg_id "
-            "FROM readings r JOIN series s ON s.id = r.series_id JOIN sources src ON src.id = r.source_id "
-            "JOIN messages m ON m.id = r.message_id "
-            "WHERE s.device = %s AND s.metric = %s AND r.ts >= %s AND r.ts < %s"
+            "FROM messages m JOIN readings r ON r.source_id = m.source_id "
+            "AND r.seq BETWEEN m.lo_seq AND m.hi_seq AND r.ts BETWEEN m.min_ts AND m.max_ts "
+            "AND r.message_id = m.id "
+            "JOIN series s ON s.id = r.series_id JOIN sources src ON src.id = r.source_id "
+            "WHERE m.device = %s AND m.max_ts >= %s AND m.min_ts < %s AND m.stored > 0 "
+            "AND s.metric = %s AND r.ts >= %s AND r.ts < %s"
         )
-        params: list[Any] = [device, metric, lo, hi]
+        params: list[Any] = [device, lo, hi, metric, lo, hi]
         if sensor is not None:
             query += " AND s.sensor = %s"
             params.append(sensor)
