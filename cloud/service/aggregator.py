@@ -306,8 +306,12 @@ class Aggregator:
             await self._ingest(batch)
 
     async def _ingest(self, batch: Sequence[Inbound]) -> None:
+        # A database server does the insert in its own process: on the worker thread (psycopg
+        # waits without the GIL) the loop keeps receiving; SQLite's batch is cheapest right here.
+        assert self._store is not None
+        call = self._call_slow if self._store.waits_on_server else self._call
         try:
-            report = await self._call(self.pipeline.ingest, batch, time.time())
+            report = await call(self.pipeline.ingest, batch, time.time())
         except StoreError as exc:
             # Rolled back and nothing confirmed: the agents keep their readings and resend them.
             self.metrics.store_errors.inc()

@@ -281,6 +281,10 @@ class Presence:
 class IngestStore(Protocol):
     """The aggregator's write path. Write methods run inside `transaction()`."""
 
+    waits_on_server: bool
+    """True when a batch's write waits on another process (a database server): the service then
+    runs batches on its worker thread, and keeps receiving meanwhile."""
+
     def transaction(self) -> AbstractContextManager[None]:
         """One atomic write; on any error it rolls back and raises StoreError."""
         ...

@@ -119,6 +119,8 @@ class PostgresStore:
     Not thread-safe, like the SQLite store: one connection, driven by one thread at a time.
     """
 
+    waits_on_server = True  # the insert runs in the server: receive meanwhile (see api)
+
     def __init__(self, url: str, *, create: bool = True, readonly: bool = False) -> None:
         self.url = url
         self.path = redacted(url)  # named in messages, as the SQLite store names its file

@@ -341,6 +341,8 @@ class SqliteStore(SqliteReadModel):
     inside its BEGIN IMMEDIATE transaction, which holds SQLite's one write lock.
     """
 
+    waits_on_server = False  # in-process: a batch is cheapest on the event loop's thread
+
     def __init__(
         self, path: Path | str, *, synchronous: str = "NORMAL", create: bool = True, readonly: bool = False
     ) -> None:
