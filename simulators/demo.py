@@ -146,7 +146,7 @@ def run_demo(
 ) -> int:
     """Run until `stop` (Ctrl-C) or `max_seconds`; returns how many alert events were shown."""
     from cloud.ops.follow import follow  # noqa: PLC0415 - the cloud extra is needed only here
-    from cloud.store.sqlite.queries import open_store  # noqa: PLC0415
+    from cloud.store.api import open_store  # noqa: PLC0415
 
     data_dir.mkdir(parents=True, exist_ok=True)
     db = data_dir / "demo.db"
@@ -195,7 +195,7 @@ def run_demo(
             if now - last_status[0] >= 15 and db.exists():
                 last_status[0] = now
                 with contextlib.suppress(Exception):
-                    with open_store(db) as store:
+                    with open_store(db, readonly=True) as store:
                         stored, fleet = store.count_readings(), len(store.list_devices())
                     emit(f"[dim]{stored} readings stored from {fleet} devices[/]")
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cloud.analysis.replay import REPLAY_TABLE, replay, replayed_alerts
+from cloud.analysis.replay import replay, replayed_alerts
 from cloud.ingest.pipeline import Inbound, Pipeline
-from cloud.store.sqlite.store import Store
+from cloud.store.api import REPLAY_SET
+from cloud.store.sqlite.store import SqliteStore as Store
 from devices import wire
 from edgewatch.app import app
 
@@ -40,12 +41,11 @@ def test_replay_rebuilds_the_live_alerts_without_doubling_them(tmp_path: Path) -
         dry = replay(store, dry_run=True)
         assert (dry.streams, dry.readings, dry.written) == (2, 600, 0)
         assert sorted(e.alert_id for e in dry.episodes) == sorted(live)
-        assert not store.db.execute(
-            "SELECT name FROM sqlite_master WHERE name = ?", (REPLAY_TABLE,)
-        ).fetchall(), "a dry run writes nothing"
+        assert store.replay_runs() == [], "a dry run writes nothing"
 
         separate = replay(store, run="r1")
         assert separate.written == len(live)
+        assert store.replay_runs() == ["r1"]
         assert {(d, m) for d, m, _, _ in replayed_alerts(store, "r1")} == {("r-1", "temperature")}
         assert replay(store, run="r1").written == 0, "the same run twice adds nothing"
 
@@ -66,7 +66,7 @@ def test_replay_and_evaluate_commands(tmp_path: Path) -> None:
     out = runner.invoke(app, ["replay", "--db", str(db), "--run", "cli", "--json"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
-    assert report["written"] == len(live) and report["target"] == REPLAY_TABLE
+    assert report["written"] == len(live) and report["target"] == REPLAY_SET
     labels = tmp_path / "labels.csv"
     labels.write_text(f"device,metric,start,end\nr-1,temperature,{T0 + 200 * 60},{T0 + 201 * 60}\n")
     for extra in ([], ["--replay", "cli"]):
@@ -103,7 +103,7 @@ def test_replay_of_a_history_with_an_outage_and_backfill_doubles_nothing(tmp_pat
         send("telemetry", range(261, 301), "live-after-outage")  # reconnected: new readings first
         send("backfill", range(201, 261), "backlog")  # then the backlog, with the spike in it
         live = sorted((a.alert_id, a.late) for a in store.list_alerts() if a.kind == "anomaly")
-        assert (True in {late for _, late in live}), "the spike in the backlog raised a late alert"
+        assert True in {late for _, late in live}, "the spike in the backlog raised a late alert"
         dry = replay(store, dry_run=True)
         assert sorted((e.alert_id, e.late) for e in dry.episodes) == live
     out = CliRunner().invoke(app, ["replay", "--db", str(db), "--into-alerts", "--json"])

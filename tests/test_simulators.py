@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cloud.store.api import open_store
 from simulators.driver import SimulatedDriver
 from simulators.faults import read_labels
 from simulators.fleet import Fleet, FleetSpec
@@ -63,39 +63,39 @@ def test_same_seed_same_readings_and_labels(tmp_path: Path) -> None:
     assert first != labels(4, "c")
 
 
-def start_aggregator(broker: Mosquitto, db: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_aggregator(broker: Mosquitto, db: str, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [*EDGEWATCH, "cloud", "run", "--broker", broker.url, "--db", str(db), "--metrics-port", "0",
+        [*EDGEWATCH, "cloud", "run", "--broker", broker.url, "--db", db, "--metrics-port", "0",
          "--log-level", "warning"],
         stdout=subprocess.DEVNULL, stderr=log.open("ab"),
     )  # fmt: skip
 
 
-def stored_seqs(db: Path) -> dict[tuple[str, str], list[int]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT s.device, s.epoch, r.seq FROM readings r JOIN sources s ON s.id = r.source_id"
-        ).fetchall()
-    finally:
-        conn.close()
+def stored_seqs(db: str) -> dict[tuple[str, str], list[int]]:
+    """Every stored reading's seq by (device, epoch), through the store's read model."""
     out: dict[tuple[str, str], list[int]] = {}
-    for device, epoch, seq in rows:
-        out.setdefault((device, epoch), []).append(seq)
+    with open_store(db, readonly=True) as store:
+        for device in store.list_devices():
+            for series in store.device_series(device.device):
+                for r in store.readings(device.device, series.metric, sensor=series.sensor, limit=1 << 30):
+                    out.setdefault((device.device, r.epoch), []).append(r.seq)
     return out
 
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_soak_outages_broker_restart_and_aggregator_kill(tmp_path: Path, broker: Mosquitto) -> None:
+def test_soak_outages_broker_restart_and_aggregator_kill(
+    tmp_path: Path, broker: Mosquitto, store_url: str
+) -> None:
     """20 devices, random link outages, a broker restart, the aggregator SIGKILLed: the store
     holds exactly what was sampled minus what the overflow policy dropped, each reading once.
+    On each store backend (a SQLite file, the session's private PostgreSQL).
 
     Bigger runs by hand: EDGEWATCH_SOAK_DEVICES=200 EDGEWATCH_SOAK_SECONDS=600 pytest -k soak
     """
     devices = int(os.environ.get("EDGEWATCH_SOAK_DEVICES", "20"))
     seconds = float(os.environ.get("EDGEWATCH_SOAK_SECONDS", "50"))
-    db, log = tmp_path / "cloud.db", tmp_path / "aggregator.log"
+    db, log = store_url, tmp_path / "aggregator.log"
     aggregator = start_aggregator(broker, db, log)
     try:
         spec = FleetSpec(

@@ -4,25 +4,21 @@ Stored readings go through the aggregator's own code (`Pipeline.detect_history`)
 they were first processed, live ones scored and learned, backfilled (late) ones only scored
 against the live state and tracked apart, with the same deterministic alert ids. So a replay of
 the history the aggregator saw gives exactly its alerts, late ones included. The result goes to
-a separate alert set (the `replay_alerts` table, tagged with a run name) so a new detector can be
-compared with the live one without touching it; `into_alerts=True` writes into the live `alerts`
-table instead, where insert-or-ignore on the deterministic id means a replay never doubles one.
+a separate alert set (the store's replay set, tagged with a run name) so a new detector can be
+compared with the live one without touching it; `into_alerts=True` writes into the live alerts
+instead, where insert-or-ignore on the deterministic id means a replay never doubles one. The
+history and both alert sets are the store's (`cloud.store.api.ReadModel`).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
 
-from cloud.errors import StoreError
 from cloud.ingest.pipeline import Pipeline, PipelineSettings
-from cloud.store.sqlite.store import AlertRecord, ReplayRow, Store
+from cloud.store.api import REPLAY_SET, AlertRecord, ReplayedAlert, ReplayRow, Store
 from devices.model import AlertKind, AlertState
-
-REPLAY_TABLE: Final = "replay_alerts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +44,7 @@ class ReplayReport:
     readings: int = 0
     episodes: list[ReplayedEpisode] = field(default_factory=list)
     written: int = 0  # new rows in the target alert set (0 for a dry run)
-    target: str = REPLAY_TABLE
+    target: str = REPLAY_SET
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -72,29 +68,10 @@ def _history(
     store: Store, device: str | None, since: float | None, progress: Callable[[int], None] | None
 ) -> Iterator[ReplayRow]:
     """Stored readings in the order they were first processed, optionally one device's from `since`."""
-    devices: dict[int, str] = {}
-    for n, row in enumerate(store.readings_after(0), start=1):
+    for n, row in enumerate(store.history(device=device, since=since), start=1):
         if progress is not None and n % 50_000 == 0:
             progress(n)
-        if since is not None and row.ts < since:
-            continue
-        if device is not None:
-            owner = devices.get(row.series_id)
-            if owner is None:
-                owner = devices[row.series_id] = store.series_info(row.series_id).device
-            if owner != device:
-                continue
         yield row
-
-
-def _ensure_replay_table(store: Store) -> None:
-    store.db.execute(
-        f"CREATE TABLE IF NOT EXISTS {REPLAY_TABLE} ("
-        "run TEXT NOT NULL, alert_id TEXT NOT NULL, device TEXT NOT NULL, sensor TEXT NOT NULL, "
-        "metric TEXT NOT NULL, detector TEXT NOT NULL, start REAL NOT NULL, end REAL, "
-        "peak_score REAL NOT NULL, value REAL, expected_low REAL, expected_high REAL, "
-        "created_at REAL NOT NULL, PRIMARY KEY (run, alert_id))"
-    )
 
 
 def replay(
@@ -118,7 +95,7 @@ def replay(
     report = ReplayReport(
         run=run or f"{detector}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}",
         detector=detector,
-        target="alerts" if into_alerts else REPLAY_TABLE,
+        target="alerts" if into_alerts else REPLAY_SET,
     )
     base = settings or PipelineSettings()
     pipeline = Pipeline(
@@ -153,43 +130,32 @@ def replay(
 
 
 def _write(store: Store, report: ReplayReport, into_alerts: bool, now: float) -> int:
-    written = 0
-    try:
-        with store.transaction():
-            if into_alerts:
-                for e in report.episodes:
-                    state = AlertState.OPEN if e.end is None else AlertState.CLOSED
-                    written += store.insert_alert(
-                        AlertRecord(
-                            e.alert_id, e.device, e.sensor, e.metric, str(AlertKind.ANOMALY), str(state),
-                            e.start, e.end, e.peak_score, e.value, e.expected_low, e.expected_high,
-                            "warning", e.late, report.detector, "", now, None if e.end is None else now,
-                            None, "", f"replay {report.run}",
-                        )
-                    )  # fmt: skip
-            else:
-                _ensure_replay_table(store)
-                for e in report.episodes:
-                    cur = store.db.execute(
-                        f"INSERT OR IGNORE INTO {REPLAY_TABLE} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
-                        (report.run, e.alert_id, e.device, e.sensor, e.metric, report.detector, e.start,
-                         e.end, e.peak_score, e.value, e.expected_low, e.expected_high, now),
-                    )  # fmt: skip
-                    written += cur.rowcount
-    except sqlite3.Error as exc:
-        raise StoreError(f"writing replayed alerts to {store.path} failed: {exc}") from exc
-    return written
+    with store.transaction():
+        if into_alerts:
+            written = 0
+            for e in report.episodes:
+                state = AlertState.OPEN if e.end is None else AlertState.CLOSED
+                written += store.insert_alert(
+                    AlertRecord(
+                        e.alert_id, e.device, e.sensor, e.metric, str(AlertKind.ANOMALY), str(state),
+                        e.start, e.end, e.peak_score, e.value, e.expected_low, e.expected_high,
+                        "warning", e.late, report.detector, "", now, None if e.end is None else now,
+                        None, "", f"replay {report.run}",
+                    )
+                )  # fmt: skip
+            return written
+        return store.save_replayed(
+            [
+                ReplayedAlert(
+                    report.run, e.alert_id, e.device, e.sensor, e.metric, report.detector, e.start, e.end,
+                    e.peak_score, e.value, e.expected_low, e.expected_high,
+                )
+                for e in report.episodes
+            ],
+            now,
+        )  # fmt: skip
 
 
 def replayed_alerts(store: Store, run: str) -> list[tuple[str, str, float, float | None]]:
     """(device, metric, start, end) of one replay run, for `edgewatch evaluate --db --replay`."""
-    try:
-        return [
-            (str(d), str(m), float(s), None if e is None else float(e))
-            for d, m, s, e in store.db.execute(
-                f"SELECT device, metric, start, end FROM {REPLAY_TABLE} WHERE run = ? ORDER BY start",  # noqa: S608
-                (run,),
-            )
-        ]
-    except sqlite3.Error as exc:
-        raise StoreError(f"no replay run {run!r} in {store.path}: {exc}") from exc
+    return [(a.device, a.metric, a.start, a.end) for a in store.replayed_alerts(run)]

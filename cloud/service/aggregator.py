@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import logging
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,7 +34,7 @@ from cloud.errors import CloudError, ConfigError, StoreError, StoreFull
 from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings, Publication
 from cloud.service.config import AggregatorConfig
 from cloud.service.metrics import Metrics
-from cloud.store.sqlite.store import Store
+from cloud.store.api import Store, open_store, redacted
 from devices import wire
 from devices.backoff import Backoff
 from devices.model import Ack
@@ -77,7 +75,6 @@ class Aggregator:
         self.metrics = metrics or Metrics()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgewatch-store")
         self._store: Store | None = None
-        self._lock_fd: int | None = None
         self._pipeline: Pipeline | None = None
         self._inbox: list[Inbound] = []
         inbox = self._inbox
@@ -119,8 +116,10 @@ class Aggregator:
 
     async def open(self) -> None:
         """Open (or create and migrate) the store and recover detector state; StoreError if not."""
-        self._store = await self._call_slow(Store, self.config.db, synchronous=self.config.synchronous)
-        self._lock_fd = _exclusive(Path(f"{self.config.db}.aggregator.lock"))
+        self._store = await self._call_slow(
+            open_store, self.config.db, readonly=False, create=True, synchronous=self.config.synchronous
+        )
+        self._store.acquire_ownership()  # one aggregator per store (closed again by close())
         self._pipeline = await self._call_slow(
             Pipeline, self._store, settings_from(self.config), now=time.time()
         )
@@ -134,9 +133,6 @@ class Aggregator:
         if self._store is not None:
             await self._call_slow(self._store.close)
             self._store = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
         self._worker.shutdown(wait=True)
 
     # -- the connection loop ----------------------------------------------------------------------
@@ -323,7 +319,7 @@ class Aggregator:
                 log.error(
                     "store %s: %s; confirming nothing until it can write again (agents keep and "
                     "resend their readings): %s",
-                    self.config.db,
+                    redacted(self.config.db),
                     why,
                     exc,
                 )
@@ -333,7 +329,7 @@ class Aggregator:
             log.warning(
                 "store %s writable again after %.0f s; %d messages were not written meanwhile "
                 "(their agents resend them)",
-                self.config.db,
+                redacted(self.config.db),
                 time.monotonic() - self._failing_since,
                 self._refused,
             )
@@ -434,22 +430,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-
-
-def _exclusive(path: Path) -> int:
-    """Hold an exclusive flock on `path`: one aggregator per database (ids are allocated in memory)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StoreError(f"cannot create lock file {path}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise StoreError(
-            f"another aggregator is already running on this database ({path} is locked)"
-        ) from exc
-    return fd
 
 
 def _retrieve_disconnect(client: aiomqtt.Client) -> None:
