@@ -180,15 +180,13 @@ def test_demo_shows_an_alert_within_a_minute_and_stops_cleanly(tmp_path: Path) -
     for name, text in logs.items():
         assert "ERROR" not in text and "Traceback" not in text, (name, text[-2000:])
     assert "stopped: final batch written" in logs["aggregator.log"]
-    db = sqlite3.connect(f"file:{data / 'demo.db'}?immutable=1", uri=True)
-    try:
-        assert db.execute("SELECT count(*) FROM alerts WHERE kind = 'silent'").fetchone()[0] == 0
-        assert db.execute("SELECT count(*) FROM dead_letter").fetchone()[0] == 0
-        newest = db.execute("SELECT max(ts) FROM readings").fetchone()[0]
-        assert newest is not None and newest <= time.time()
-        shutdowns = db.execute("SELECT count(*) FROM devices WHERE status_event = 'shutdown'").fetchone()[0]
-    finally:
-        db.close()
+    with open_store(data / "demo.db", readonly=True) as store:
+        assert store.list_alerts(kind="silent") == []
+        assert store.dead_letter_counts() == {}
+        devices = store.list_devices()
+        newest = max(ts for d in devices if (ts := store.last_reading_ts(d.device)) is not None)
+        assert newest <= time.time()
+        shutdowns = sum(1 for d in devices if d.status_event == "shutdown")
     assert shutdowns >= 1  # the agents said goodbye before the aggregator stopped
     evaluate = ["evaluate", "--labels", str(data / "labels.jsonl"), "--db", str(data / "demo.db"), "--json"]
     result = subprocess.run([*EDGEWATCH, *evaluate], capture_output=True, text=True, check=False)
