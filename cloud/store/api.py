@@ -13,11 +13,13 @@ The roles, each a Protocol, that one store object plays:
                       readings were new (ids come from the database, never from arithmetic);
                       dead letters, statuses, alerts and the alert outbox
     CheckpointStore   detector and episode state per series, each with its own watermark (the
-                      last message whose readings it had processed), and the readings past it
+                      last message whose readings it had processed), the owner's watermark,
+                      and the readings past them
     RetentionStore    history older than a cut, dropped
     ReadModel         the operator's queries (alerts, devices, gaps, readings, dead letters)
                       and the offline replay's history and result sets
-    OwnedStore        who may write: one aggregator per store today (SQLite: a file lock)
+    OwnedStore        who may write: one aggregator per store today (SQLite: a lock file,
+                      PostgreSQL: a session advisory lock; per partition in the scale-out)
 
 Records are frozen slotted dataclasses. Timestamps are unix seconds.
 """
