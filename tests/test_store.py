@@ -191,9 +191,8 @@ def test_a_sqlite_url_names_the_same_file_as_its_path(tmp_path: Path) -> None:
     from cloud.store.api import open_store
 
     path = tmp_path / "cloud.db"
-    with open_store(f"sqlite:///{path}", readonly=False, create=True) as store:  # sqlite:////abs/path
-        with store.transaction():
-            store.insert_alert(alert("a1", "pi-1", start=T0))
+    with open_store(f"sqlite:///{path}", readonly=False, create=True) as store, store.transaction():
+        store.insert_alert(alert("a1", "pi-1", start=T0))  # sqlite:////abs/path
     with open_store(path, readonly=True) as store:
         assert [a.alert_id for a in store.list_alerts()] == ["a1"]
 

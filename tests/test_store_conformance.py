@@ -388,3 +388,19 @@ def test_status_and_presence(store: Store) -> None:
     assert store.status_times() == {"pi-1": T0 + 2}
     with pytest.raises(NotFound):
         store.get_alert("nothing-here")
+
+
+def test_a_message_spanning_days_is_stored_whole(store: Store) -> None:
+    """Readings of one message on three days (a backlog, or a clock fixed mid-message)."""
+    rows = [
+        (1, T0 + 2 * DAY, "sys", "temp", 1.0, "C"),
+        (2, T0, "sys", "temp", 2.0, "C"),
+        (3, T0 + DAY, "sys", "temp", 3.0, "C"),
+    ]
+    payload = wire.encode_readings("pi-1", "e1", rows, sent_at=T0 + 2 * DAY, msg_id="span")
+    with store.transaction():
+        (done,) = store.store_messages(
+            [item(Inbound(wire.device_topic("pi-1", "backfill"), payload, T0 + 2 * DAY))]
+        )
+    assert len(done.new) == 3
+    assert [r.seq for r in store.readings("pi-1", "temp")] == [2, 3, 1]

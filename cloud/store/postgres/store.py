@@ -343,7 +343,11 @@ class PostgresStore:
                 append((pos, src, r.seq, r.ts, sid, r.value, mid, late))
             if item.accepted:
                 tss = [r.ts for r in item.accepted]
-                days.update(range(_day(min(tss)), _day(max(tss)) + 1))
+                first, last = _day(min(tss)), _day(max(tss))
+                if first == last:  # nearly always: a message spans seconds
+                    days.add(first)
+                else:  # only the days that hold a reading (a bad clock must not make years of them)
+                    days.update(_day(ts) for ts in tss)
             spans.append((src, start, len(rows)))
         duplicates: set[tuple[int, int]] = set()  # (message_id, pos) of readings not stored
         inserted = 0
