@@ -124,8 +124,17 @@ class PostgresStore:
     def __init__(self, url: str, *, create: bool = True, readonly: bool = False) -> None:
         self.url = url
         self.path = redacted(url)  # named in messages, as the SQLite store names its file
+        self.readonly = readonly
+        self._closed = False
+        self._in_transaction = False
+        self._owned = False
+        self._staging_ready = False
+        self._partitions: set[int] = set()
+        self._sources: dict[tuple[str, str], int] = {}
+        self._series: dict[tuple[str, str, str], int] = {}
+        self._series_info: dict[int, SeriesInfo] = {}
         try:
-            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            self._session = psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to {self.path}: {exc}") from exc
         try:
@@ -151,19 +160,11 @@ class PostgresStore:
             if readonly:
                 self._conn.execute("SET default_transaction_read_only = on")
         except psycopg.Error as exc:
-            self._conn.close()
+            self._session.close()
             raise StoreError(f"cannot initialise database {self.path}: {exc}") from exc
         except StoreError:
-            self._conn.close()
+            self._session.close()
             raise
-        self._owned = False
-        self._in_transaction = False
-        self._staging_ready = False
-        self._partitions: set[int] = set()
-        self._sources: dict[tuple[str, str], int] = {}
-        self._series: dict[tuple[str, str, str], int] = {}
-        self._series_info: dict[int, SeriesInfo] = {}
-        self.readonly = readonly
         if not readonly:  # an operator's read needs none of the writer's id caches
             self._load_ids()
 
@@ -201,6 +202,27 @@ class PostgresStore:
         row = self._conn.execute(query.encode(), params).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
+    def _reconnect(self) -> None:
+        """A new session after the server dropped ours (a restart, a failover, a killed backend).
+
+        The advisory lock went with the old session: it is taken again, or this store refuses
+        to write (another aggregator got it meanwhile). Temporary tables went too.
+        """
+        with contextlib.suppress(psycopg.Error):
+            self._session.close()
+        try:
+            self._session = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            if self.readonly:
+                self._session.execute("SET default_transaction_read_only = on")
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot reconnect to {self.path}: {exc}") from exc
+        self._staging_ready = False
+        if self._owned:
+            self._owned = False
+            self.acquire_ownership()
+        if not self.readonly:
+            self._forget_ids()
+
     def acquire_ownership(self) -> None:
         """A session advisory lock: one aggregator writes this database (per partition, later)."""
         if self._owned:
@@ -213,8 +235,19 @@ class PostgresStore:
             raise StoreError(f"another aggregator is already running on this database ({self.path})")
         self._owned = True
 
+    @property
+    def _conn(self) -> psycopg.Connection[Any]:
+        """The session, replaced first if the server dropped it, except inside a transaction
+        (whose writes went with the old session: it fails, and the batch is resent)."""
+        session = self._session
+        if (session.closed or session.broken) and not self._closed and not self._in_transaction:
+            self._reconnect()
+            session = self._session
+        return session
+
     def close(self) -> None:
-        self._conn.close()  # ends the session: the advisory lock goes with it
+        self._closed = True
+        self._session.close()  # ends the session: the advisory lock goes with it
 
     def __enter__(self) -> Self:
         return self
@@ -226,7 +259,11 @@ class PostgresStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic write; on any error it rolls back, forgets cached ids, raises StoreError."""
+        """One atomic write; on any error it rolls back, forgets cached ids, raises StoreError.
+
+        A session the server dropped is replaced first, so a PostgreSQL restart costs the
+        batches written meanwhile (unconfirmed, so resent), not the aggregator.
+        """
         try:
             with self._conn.transaction():
                 self._in_transaction = True
