@@ -308,6 +308,10 @@ class Agent:
             "dropped_unconfirmed": c["dropped_unconfirmed"],
             "backlog": self.outbox.backlog,
             "sensor_failures": sum(s.health.failures for s in self.sensors),
+            # Per sensor, so a heartbeat says which device stopped answering and since how many
+            # reads (0 once it answers again).
+            **{f"sensor_failures.{s.name}": s.health.failures for s in self.sensors},
+            **{f"sensor_failing.{s.name}": s.schedule.consecutive_failures for s in self.sensors},
         }
 
     def _heartbeat(self) -> None:
