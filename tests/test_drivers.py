@@ -58,6 +58,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "bme280": {},
     "command": {"argv": ["true"]},
     "modbus": {"transport": "tcp", "host": "127.0.0.1", "registers": [{"address": 0, "metric": "m"}]},
+    "opcua": {"endpoint": "opc.tcp://127.0.0.1:4840/", "nodes": [{"node_id": "ns=2;i=2", "metric": "m"}]},
 }
 # One invalid param per driver, and the param name the error must carry.
 BAD: list[tuple[str, dict[str, Any], str]] = [
@@ -74,6 +75,11 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "modbus",
         {"transport": "tcp", "host": "h", "registers": [{"address": 0, "type": "f32", "metric": "m"}]},
         "registers[0].type",
+    ),
+    (
+        "opcua",
+        {"endpoint": "opc.tcp://plc/", "nodes": [{"node_id": "Line1", "metric": "m"}]},
+        "nodes[0].node_id",
     ),
 ]
 

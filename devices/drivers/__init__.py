@@ -21,6 +21,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "bme280": "devices.drivers.bme280:BME280Driver",
     "command": "devices.drivers.command:CommandDriver",
     "modbus": "devices.drivers.modbus:ModbusDriver",
+    "opcua": "devices.drivers.opcua:OpcUaDriver",
 }
 ENTRY_POINT_GROUP = "edgewatch.drivers"
 
