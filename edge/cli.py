@@ -101,10 +101,14 @@ def status_cmd(
 def sample_cmd(config: ConfigOpt) -> None:
     """Read every configured sensor once and print what it gives (install debugging).
 
+    Drivers that can (modbus, opcua) also show what they read before conversion: register words,
+    the decoded number and the value after scale and offset; OPC UA data types.
+
     Example: edgewatch agent sample --config agent.toml
     """
     import time
 
+    from devices.drivers.base import DescribesReads
     from devices.errors import SensorReadError
     from edge.agent import read_sensor
     from edge.config import build_drivers, load_config
@@ -119,6 +123,7 @@ def sample_cmd(config: ConfigOpt) -> None:
         driver = drivers[sensor.name]
         try:
             samples = read_sensor(sensor.name, driver, time.time())
+            details = driver.describe_last_read() if isinstance(driver, DescribesReads) else []
         except SensorReadError as exc:
             failed += 1
             typer.echo(f"{sensor.name} ({sensor.driver}): FAILED: {exc}")
@@ -127,5 +132,7 @@ def sample_cmd(config: ConfigOpt) -> None:
             driver.close()
         for s in samples:
             typer.echo(f"{sensor.name} ({sensor.driver}): {s.metric} = {s.value:g} {s.unit}".rstrip())
+        for line in details:
+            typer.echo(f"    {line}")
     if failed:
         raise typer.Exit(1)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import re
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -423,3 +425,59 @@ def test_a_reply_with_a_bad_crc_fails_the_read(tmp_path: Path) -> None:
             driver.close()
             stop.set()
             thread.join(5)
+
+
+# --- `edgewatch agent sample` --------------------------------------------------------------------
+
+
+def agent_toml(tmp: Path, sensor_params: str) -> Path:
+    config = tmp / "agent.toml"
+    config.write_text(
+        f'[device]\nid = "plant-1"\n[broker]\nurl = "mqtt://127.0.0.1:9"\n'
+        f'[outbox]\npath = "{tmp / "outbox.db"}"\n'
+        f'[[sensors]]\nname = "meter"\ndriver = "modbus"\ninterval_s = 10\n[sensors.params]\n{sensor_params}'
+    )
+    return config
+
+
+def sample(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgewatch", "agent", "sample", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_agent_sample_shows_register_words_before_and_after_scaling(
+    tmp_path: Path, server: ModbusServer
+) -> None:
+    config = agent_toml(
+        tmp_path,
+        f'transport = "tcp"\nhost = "127.0.0.1"\nport = {server.port}\nregisters = [\n'
+        '  { address = 2, type = "float32", word_order = "little", metric = "reactive", unit = "var" },\n'
+        '  { address = 6, scale = 0.1, metric = "voltage", unit = "V" },\n]\n',
+    )
+    result = sample(config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "meter (modbus): reactive = -98.25 var",
+        "meter (modbus): voltage = 231.5 V",
+        "    reactive: holding 2 float32 raw [0x8000 0xc2c4] = -98.25 -> x 1 + 0 = -98.25 var",
+        "    voltage: holding 6 uint16 raw [0x090b] = 2315 -> x 0.1 + 0 = 231.5 V",
+    ]
+
+
+def test_a_bad_register_map_stops_the_agent_naming_the_key(tmp_path: Path) -> None:
+    config = agent_toml(
+        tmp_path,
+        'transport = "tcp"\nhost = "127.0.0.1"\nregisters = [\n'
+        '  { address = 0, metric = "a" },\n  { address = 1, type = "float", metric = "b" },\n]\n',
+    )
+    result = sample(config)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: {config}: sensors[0] (meter): modbus: param 'registers[1].type' must be one of "
+        "'int16', 'uint16', 'int32', 'uint32', 'float32', 'float64', got 'float'"
+    )

@@ -4,6 +4,8 @@ over Basic256Sha256 SignAndEncrypt with a username and password."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,3 +152,26 @@ def test_signed_and_encrypted_session_with_username_and_password(tmp_path: Path)
         finally:
             for d in (driver, wrong, clear):
                 d.close()
+
+
+def test_agent_sample_shows_node_types(tmp_path: Path, plc: OpcUaServer) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[device]\nid = "plant-1"\n[broker]\nurl = "mqtt://127.0.0.1:9"\n'
+        f'[outbox]\npath = "{tmp_path / "o.db"}"\n'
+        f'[[sensors]]\nname = "press"\ndriver = "opcua"\ninterval_s = 5\n[sensors.params]\n'
+        f'endpoint = "{plc.endpoint}"\n'
+        f'nodes = [{{ node_id = "{plc.node_id("Count")}", metric = "parts" }}]\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "edgewatch", "agent", "sample", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "press (opcua): parts = 41",
+        f"    parts: {plc.node_id('Count')} Int32 41 -> 41",
+    ]
