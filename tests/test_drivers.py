@@ -170,3 +170,27 @@ def test_importing_every_builtin_module_is_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def readme_sensor_examples() -> list[dict[str, Any]]:
+    """The [[sensors]] tables of the README's TOML examples (they must stay valid configs)."""
+    import tomllib
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, flags=re.DOTALL)
+    return [s for block in blocks for s in tomllib.loads(block).get("sensors", [])]
+
+
+def test_the_readme_driver_examples_build() -> None:
+    sensors = readme_sensor_examples()
+    assert {"modbus", "opcua", "bme280", "command"} <= {s["driver"] for s in sensors}
+    for sensor in sensors:
+        driver = create_driver(sensor["driver"], sensor.get("params", {}))
+        if sensor["driver"] == "modbus":  # the README says what the meter's map costs
+            assert [b.describe() for b in driver.blocks] == [
+                "input 0-1",
+                "input 6-7",
+                "input 12-13",
+                "input 70-73",
+            ]
+        driver.close()

@@ -83,11 +83,7 @@ class Register:
     offset: float
     metric: str
     unit: str
-
-    @property
-    def width(self) -> int:
-        """Registers (or bits) this value occupies."""
-        return 1 if self.function in BIT_FUNCTIONS else TYPES[self.type][1]
+    width: int = 1  # registers (or bits) this value occupies: 1, 2 or 4
 
     @property
     def end(self) -> int:
@@ -194,6 +190,7 @@ def parse_registers(params: Mapping[str, Any]) -> tuple[Register, ...]:
             offset=_number(entry, "offset", 0.0, f"{at}.offset"),
             metric=_name(entry, "metric", required=True, where=f"{at}.metric"),
             unit=_name(entry, "unit", required=False, where=f"{at}.unit"),
+            width=1 if function in BIT_FUNCTIONS else TYPES[dtype][1],
         )
         if register.end - 1 > MAX_ADDRESS:
             raise _fail(
@@ -239,8 +236,8 @@ def decode_words(register: Register, words: Sequence[int]) -> float:
     code, width = TYPES[register.type]
     if len(words) != width:
         raise ValueError(f"{register.type} needs {width} registers, got {len(words)}")
-    ordered = words if register.word_order == "big" else list(reversed(words))
-    data = b"".join(w.to_bytes(2, register.byte_order) for w in ordered)  # type: ignore[arg-type]
+    ordered = words if register.word_order == "big" else words[::-1]
+    data = struct.pack(f"{'>' if register.byte_order == 'big' else '<'}{width}H", *ordered)
     value: float = struct.unpack(f">{code}", data)[0]
     return float(value)
 
@@ -253,9 +250,8 @@ def decode_block(block: ReadBlock, words_or_bits: Sequence[int]) -> list[Decoded
         )
     out = []
     for register in block.registers:
-        raw = tuple(
-            int(v) for v in words_or_bits[register.address - block.address : register.end - block.address]
-        )
+        first = register.address - block.address
+        raw = tuple(words_or_bits[first : first + register.width])
         decoded = float(raw[0]) if block.function in BIT_FUNCTIONS else decode_words(register, raw)
         value = decoded * register.scale + register.offset
         if not math.isfinite(value):
