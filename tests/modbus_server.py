@@ -1,9 +1,10 @@
 """pymodbus' own server, owned by one test: TCP on a free loopback port or RTU on a serial port.
 
-The server runs on its own event loop thread with a fixed register map (one unit id, the four
-tables kept apart as on a classic device); addresses outside the map answer exception code 2.
-`SilentTcpServer` accepts connections and never answers, which is what a dead unit behind a
-gateway looks like. `PtyPair` links two pseudo-terminals with socat, a null-modem cable.
+The server runs on its own event loop thread with a fixed register map per unit id (the four
+tables kept apart as on a classic device; several units make an RS-485 line); addresses outside
+the map answer exception code 2. `SilentTcpServer` accepts connections and never answers, which
+is what a dead unit behind a gateway looks like. `PtyPair` links two pseudo-terminals with socat,
+a null-modem cable.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,9 @@ class ModbusServer:
         unit_id: int = 1,
         serial_port: str | None = None,
         baudrate: int = 19200,
+        more_units: Mapping[int, RegisterMap] | None = None,
     ) -> None:
-        self.registers = registers
-        self.unit_id = unit_id
+        self.units = {unit_id: registers, **(more_units or {})}
         self.serial_port = serial_port
         self.baudrate = baudrate
         self.host = "127.0.0.1"
@@ -99,7 +100,7 @@ class ModbusServer:
         return pdu
 
     async def _serve(self) -> None:
-        device = self.registers.device(self.unit_id)
+        device = [registers.device(unit) for unit, registers in self.units.items()]
         if self.serial_port is None:
             self._server = ModbusTcpServer(device, address=(self.host, self.port), trace_pdu=self._count)
         else:

@@ -481,3 +481,51 @@ def test_a_bad_register_map_stops_the_agent_naming_the_key(tmp_path: Path) -> No
         f"error: {config}: sensors[0] (meter): modbus: param 'registers[1].type' must be one of "
         "'int16', 'uint16', 'int32', 'uint32', 'float32', 'float64', got 'float'"
     )
+
+
+def test_sensors_on_one_serial_line_take_turns(tmp_path: Path) -> None:
+    """Two meters on one RS-485 line, read by two sensors from two threads at once: each gets its
+    own unit's values every time (one client per line, one request on the wire at a time)."""
+    second = RegisterMap(holding={0: [*words(-5.5, "float32"), 7]})
+    with PtyPair(tmp_path) as pty, ModbusServer(DEVICE, serial_port=pty.a, more_units={2: second}):
+        one = rtu_driver(pty.b, MAP[:1])
+        two = rtu_driver(
+            pty.b,
+            [{"address": 0, "type": "float32", "metric": "power"}, {"address": 2, "metric": "n"}],
+            unit_id=2,
+        )
+        got: dict[str, list[dict[str, tuple[float, str]]]] = {"one": [], "two": []}
+        errors: list[BaseException] = []
+
+        def reader(name: str, driver: ModbusDriver) -> None:
+            try:
+                for _ in range(25):
+                    got[name].append(as_dict(driver.read()))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=reader, args=a) for a in (("one", one), ("two", two))]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        finally:
+            one.close()
+            two.close()
+    assert errors == []
+    assert got["one"] == [{"power": (1234.5, "W")}] * 25
+    assert got["two"] == [{"power": (-5.5, ""), "n": (7.0, "")}] * 25
+
+
+def test_one_line_has_one_set_of_line_settings() -> None:
+    first = rtu_driver("/dev/ttyEW0", MAP[:1])
+    try:
+        with pytest.raises(
+            DriverConfigError, match=r"'port' is already read by another sensor as rtu /dev/ttyEW0 19200 8N1"
+        ):
+            rtu_driver("/dev/ttyEW0", MAP[:1], baudrate=9600)
+        rtu_driver("/dev/ttyEW0", MAP[:1], unit_id=2).close()  # same settings, another unit: fine
+    finally:
+        first.close()
+    rtu_driver("/dev/ttyEW0", MAP[:1], baudrate=9600).close()  # the line is free again

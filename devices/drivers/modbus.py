@@ -10,7 +10,8 @@ or a frame that fails its CRC fails the whole read with a SensorReadError naming
 the agent retries and counts it like any sensor failure. A sensor never returns some metrics and
 silently drops others; give registers that fail independently their own sensors. After a failed
 read the connection is closed and opened afresh on the next one, so a reply that arrives late
-can never be taken for the answer to a later request.
+can never be taken for the answer to a later request. Sensors on one serial port (several units
+on an RS-485 line) share one client and take turns, one read at a time.
 
 Values: `raw * scale + offset`, where raw is the register content decoded as `type` (int16,
 uint16, int32, uint32, float32, float64) with `word_order` (which register holds the most
@@ -25,8 +26,9 @@ from __future__ import annotations
 import importlib.util
 import math
 import struct
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from devices.drivers.base import reject_unknown_params
@@ -319,6 +321,71 @@ def require_modules(target: TcpTarget | RtuTarget) -> None:
         )
 
 
+EXCEPTION_NAMES: Final = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    6: "server device busy",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    """A client and the lock that makes its users take turns. A TCP sensor has its own; every
+    sensor on one serial port shares one, since an RS-485 line carries one request at a time
+    and two clients on one tty would read each other's replies."""
+
+    settings: tuple[object, ...]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    client: ModbusTcpClient | ModbusSerialClient | None = None
+    users: int = 0
+
+    def reset(self) -> None:
+        """Drop the client (the caller holds the lock); the next read connects afresh."""
+        client, self.client = self.client, None
+        if client is not None:
+            client.close()  # type: ignore[no-untyped-call]
+
+
+_SERIAL_LINES: dict[str, Connection] = {}
+_SERIAL_LINES_LOCK = threading.Lock()
+
+
+def share_serial_line(target: RtuTarget, timeout_s: float) -> Connection:
+    """The connection of `target.port`, shared with the other sensors on it; their line
+    settings must agree (one line has one baud rate)."""
+    settings = (target, timeout_s)
+    with _SERIAL_LINES_LOCK:
+        line = _SERIAL_LINES.get(target.port)
+        if line is None:
+            line = _SERIAL_LINES[target.port] = Connection(settings)
+        elif line.settings != settings:
+            other, other_timeout = line.settings
+            assert isinstance(other, RtuTarget)
+            raise _fail(
+                "port",
+                f"is already read by another sensor as {other.describe()} with timeout_s {other_timeout}; "
+                "sensors on one line must use the same line settings",
+                target.port,
+            )
+        line.users += 1
+        return line
+
+
+def release_serial_line(line: Connection, port: str) -> None:
+    with _SERIAL_LINES_LOCK:
+        line.users -= 1
+        if line.users > 0:
+            return
+        if _SERIAL_LINES.get(port) is line:
+            del _SERIAL_LINES[port]
+    with line.lock:
+        line.reset()
+
+
 class ModbusDriver:
     """One Modbus unit (slave) over TCP or an RTU serial line, read block by block."""
 
@@ -334,7 +401,12 @@ class ModbusDriver:
         self.registers = parse_registers(params)
         self.blocks = plan_reads(self.registers, max_gap=max_gap)
         self.last_read: tuple[DecodedValue, ...] = ()
-        self._client: ModbusTcpClient | ModbusSerialClient | None = None
+        # Last, so that a param error above leaves no share of a line behind.
+        if isinstance(self.target, RtuTarget):
+            self._connection = share_serial_line(self.target, self.timeout_s)
+        else:
+            self._connection = Connection((self.target, self.timeout_s), users=1)
+        self._attached = True
 
     @property
     def _where(self) -> str:
@@ -380,24 +452,33 @@ class ModbusDriver:
             raise SensorReadError(f"{self._where}: {block.describe()}: {exc}") from exc
         if response.isError():
             code = getattr(response, "exception_code", None)
-            raise SensorReadError(f"{self._where}: {block.describe()}: exception response, code {code}")
+            name = EXCEPTION_NAMES.get(code, "") if isinstance(code, int) else ""
+            raise SensorReadError(
+                f"{self._where}: {block.describe()}: exception response, code {code}"
+                + (f" ({name})" if name else "")
+            )
         if block.function in BIT_FUNCTIONS:
             return [int(bit) for bit in response.bits]
         return list(response.registers)
 
+    def _read_blocks(self) -> list[DecodedValue]:
+        conn = self._connection
+        with conn.lock:
+            if conn.client is None:
+                conn.client = self._connect()
+            try:
+                return [
+                    d for block in self.blocks for d in decode_block(block, self._request(conn.client, block))
+                ]
+            except SensorReadError:
+                conn.reset()
+                raise
+            except OSError as exc:
+                conn.reset()
+                raise SensorReadError(f"{self._where}: I/O error: {exc}") from exc
+
     def read(self) -> list[Measurement]:
-        if self._client is None:
-            self._client = self._connect()
-        decoded: list[DecodedValue] = []
-        try:
-            for block in self.blocks:
-                decoded.extend(decode_block(block, self._request(self._client, block)))
-        except SensorReadError:
-            self.close()
-            raise
-        except OSError as exc:
-            self.close()
-            raise SensorReadError(f"{self._where}: I/O error: {exc}") from exc
+        decoded = self._read_blocks()
         # Measurements in register-map order, whatever order the requests went out in.
         by_register = {id(d.register): d for d in decoded}
         self.last_read = tuple(by_register[id(r)] for r in self.registers)
@@ -416,6 +497,9 @@ class ModbusDriver:
         return lines
 
     def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()  # type: ignore[no-untyped-call]
+        if isinstance(self.target, RtuTarget) and self._attached:
+            self._attached = False
+            release_serial_line(self._connection, self.target.port)
+            return
+        with self._connection.lock:
+            self._connection.reset()
