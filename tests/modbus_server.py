@@ -81,12 +81,13 @@ class ModbusServer:
         serial_port: str | None = None,
         baudrate: int = 19200,
         more_units: Mapping[int, RegisterMap] | None = None,
+        port: int | None = None,
     ) -> None:
         self.units = {unit_id: registers, **(more_units or {})}
         self.serial_port = serial_port
         self.baudrate = baudrate
         self.host = "127.0.0.1"
-        self.port = free_port()
+        self.port = port or free_port()
         self.requests = 0
         self._loop = asyncio.new_event_loop()
         self._server: ModbusTcpServer | ModbusSerialServer | None = None

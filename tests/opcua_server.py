@@ -72,8 +72,14 @@ class PasswordUsers:
 
 
 class OpcUaServer:
-    def __init__(self, *, certs: Certificates | None = None, users: PasswordUsers | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        *,
+        certs: Certificates | None = None,
+        users: PasswordUsers | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/edgewatch/"
         self.certs = certs
         self.users = users
@@ -120,5 +126,7 @@ class OpcUaServer:
             self._server = None
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
-        self._loop.stop()
+        """Stops the server and its loop; safe to call again."""
+        if self._loop.is_alive():
+            self.stop()
+            self._loop.stop()

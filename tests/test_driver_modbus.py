@@ -333,6 +333,21 @@ def test_a_unit_that_never_answers_is_a_timeout_not_a_hang() -> None:
             driver.close()
 
 
+def test_a_device_that_restarts_is_read_again_after_failed_reads() -> None:
+    first = ModbusServer(DEVICE).start()
+    driver = tcp_driver(first.port, MAP[:1])
+    try:
+        assert as_dict(driver.read()) == {"power": (1234.5, "W")}
+        first.stop()
+        for _ in range(2):
+            with pytest.raises(SensorReadError):
+                driver.read()
+        with ModbusServer(DEVICE, port=first.port):
+            assert as_dict(driver.read()) == {"power": (1234.5, "W")}
+    finally:
+        driver.close()
+
+
 def test_no_server_is_a_read_error_naming_the_target() -> None:
     driver = tcp_driver(free_port(), MAP[:1])
     with pytest.raises(SensorReadError, match="cannot connect"):

@@ -115,14 +115,17 @@ def test_no_server_is_a_read_error_within_the_timeout() -> None:
     driver.close()
 
 
-def test_a_server_that_goes_away_fails_reads_instead_of_hanging() -> None:
+def test_a_server_that_goes_away_fails_reads_and_is_read_again_when_back() -> None:
     server = OpcUaServer().__enter__()
     driver = driver_for(server, ["Temperature"], timeout_s=0.5)
     try:
         assert driver.read()[0].value == 72.5
-        server.stop()
+        server.__exit__()
         with pytest.raises(SensorReadError):
             driver.read()
+        with OpcUaServer(port=server.port) as again:
+            again.set("Temperature", 75.0)
+            assert driver.read()[0].value == 75.0
     finally:
         driver.close()
         server.__exit__()
