@@ -101,8 +101,9 @@ def status_cmd(
 def sample_cmd(config: ConfigOpt) -> None:
     """Read every configured sensor once and print what it gives (install debugging).
 
-    Drivers that can (modbus, opcua) also show what they read before conversion: register words,
-    the decoded number and the value after scale and offset; OPC UA data types.
+    Modbus and OPC UA sensors also show what they read before conversion:
+    Modbus each register's words, decoded number and value after scale and offset;
+    OPC UA each node's data type and value as the server sent it.
 
     Example: edgewatch agent sample --config agent.toml
     """
