@@ -188,6 +188,10 @@ TCP = {"transport": "tcp", "host": "127.0.0.1"}
         ({**TCP, "port": 0, "registers": regs({"address": 0})}, "port"),
         ({**TCP, "baudrate": 9600, "registers": regs({"address": 0})}, "baudrate"),
         ({**TCP, "unit_id": 256, "registers": regs({"address": 0})}, "unit_id"),
+        (
+            {"transport": "rtu", "port": "/dev/ttyUSB0", "unit_id": 0, "registers": regs({"address": 0})},
+            "unit_id",
+        ),
         ({**TCP, "timeout_s": 0, "registers": regs({"address": 0})}, "timeout_s"),
         ({"transport": "rtu", "registers": regs({"address": 0})}, "port"),
         (

@@ -392,7 +392,9 @@ class ModbusDriver:
     def __init__(self, params: Mapping[str, Any]) -> None:
         self.target = parse_target(params)
         require_modules(self.target)
-        self.unit_id = _int(params, "unit_id", 1, 0, 255, where="unit_id")
+        # On a serial line 0 is broadcast (nobody answers a read) and 248-255 are reserved.
+        highest = 255 if isinstance(self.target, TcpTarget) else 247
+        self.unit_id = _int(params, "unit_id", 1, 0 if highest == 255 else 1, highest, where="unit_id")
         timeout = _number(params, "timeout_s", DEFAULT_TIMEOUT_S, "timeout_s")
         if timeout <= 0:
             raise _fail("timeout_s", "must be a positive number of seconds", timeout)
