@@ -4,6 +4,7 @@ exception response (code 2) and a reply with a bad CRC."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import struct
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("pymodbus", reason="the 'modbus' extra (pymodbus) is not installed")
 pytest.importorskip("serial", reason="the 'modbus' extra (pyserial) is not installed")
@@ -100,6 +103,38 @@ def test_requests_stay_within_the_protocol_limits() -> None:
     assert all(count <= MAX_REGISTERS_PER_REQUEST for _, _, count, _ in got)
     bits = plan(*({"address": a, "function": "coil"} for a in range(2500)))
     assert [(b[1], b[2]) for b in bits] == [(0, MAX_BITS_PER_REQUEST), (2000, 500)]
+
+
+REGISTER_ENTRY = st.fixed_dictionaries(
+    {
+        "address": st.integers(0, 400),
+        "function": st.sampled_from(["holding", "input", "coil"]),
+        "type": st.sampled_from(["uint16", "int32", "float64"]),
+    }
+).map(lambda e: {**e, "type": "bool"} if e["function"] == "coil" else e)
+
+
+@given(st.lists(REGISTER_ENTRY, min_size=1, max_size=60), st.integers(0, 5))
+@settings(max_examples=300, deadline=None)
+def test_plans_cover_every_register_once_within_limits_and_cannot_be_merged(
+    entries: list[dict[str, Any]], max_gap: int
+) -> None:
+    registers = parse_registers({"registers": regs(*entries)})
+    blocks = plan_reads(registers, max_gap=max_gap)
+    assert sorted(r.metric for b in blocks for r in b.registers) == sorted(r.metric for r in registers)
+    for b in blocks:
+        limit = MAX_BITS_PER_REQUEST if b.function == "coil" else MAX_REGISTERS_PER_REQUEST
+        assert 1 <= b.count <= limit
+        for r in b.registers:
+            assert r.function == b.function
+            assert b.address <= r.address and r.end <= b.address + b.count
+    # Fewest requests: two neighbouring blocks of a function are either too far apart or too
+    # big together to be one request.
+    for a, b in itertools.pairwise(blocks):
+        if a.function == b.function:
+            limit = MAX_BITS_PER_REQUEST if a.function == "coil" else MAX_REGISTERS_PER_REQUEST
+            gap = b.address - (a.address + a.count)
+            assert gap > max_gap or b.address + b.count - a.address > limit
 
 
 # --- decoding ------------------------------------------------------------------------------------
