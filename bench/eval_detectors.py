@@ -7,9 +7,10 @@ Every device has five streams (temperature, humidity coupled to it, vibration, p
 cycle, CPU temperature following load), sampled once a minute. Each stream gets a random fault
 schedule (spike, dip, level shift, stuck, drift, noise burst, dropout), faults starting after a
 6 h burn-in. Each detector runs label-free with its fixed default config through
-`cloud.analysis.evaluate.detect_episodes` (the aggregator's `process` path); episodes open and close
-by the aggregator's own episode machine and policy (5 normal readings or 300 s); a label counts as detected by an episode overlapping it or opening within
-`--tolerance` seconds after its end. Dropouts are gaps (no readings), not events to detect.
+`cloud.analysis.evaluate.detect_episodes` (the aggregator's `process` path); episodes open and
+close by the aggregator's own episode machine and policy (5 normal readings or 300 s); a label
+counts as detected by an episode overlapping it or opening within `--tolerance` seconds after
+its end. Dropouts are gaps (no readings), not events to detect.
 """
 
 from __future__ import annotations

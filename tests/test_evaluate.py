@@ -59,8 +59,9 @@ def test_episode_opens_on_anomaly_and_closes_after_n_normal() -> None:
 def test_the_recorder_runs_production_episode_machine_and_policy() -> None:
     """Same starts and ends as an EpisodeTracker with the aggregator's default policy."""
     defaults = AggregatorConfig.__dataclass_fields__
-    assert PRODUCTION_POLICY == EpisodePolicy(
-        defaults["close_after"].default, defaults["close_after_seconds"].default
+    assert (
+        EpisodePolicy(defaults["close_after"].default, defaults["close_after_seconds"].default)
+        == PRODUCTION_POLICY
     )
     flags = [0, 1, 0, 0, 0, 0, 1, 1, 0, 1] + [0] * 8 + [1, 0, 0]
     times = [60.0 * i for i in range(len(flags))]

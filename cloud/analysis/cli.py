@@ -75,9 +75,7 @@ def detect_cmd(
         )
 
 
-def _detect_with_progress(
-    src: Path, dst: Path, detector: str, device: str, metric: str, size: int
-) -> Any:
+def _detect_with_progress(src: Path, dst: Path, detector: str, device: str, metric: str, size: int) -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 

@@ -360,7 +360,9 @@ def report(
 ) -> Report:
     """`evaluate` and `nab_scores` of the same labels and alerts."""
     label_list, alert_list, ignored = list(labels), list(alerts), frozenset(ignore_kinds)
-    metrics = evaluate(label_list, alert_list, stream_days=stream_days, tolerance=tolerance, ignore_kinds=ignored)
+    metrics = evaluate(
+        label_list, alert_list, stream_days=stream_days, tolerance=tolerance, ignore_kinds=ignored
+    )
     nab = nab_scores(label_list, alert_list, per_device=nab_per_device, ignore_kinds=ignored)
     return Report(metrics, tuple(nab), nab_per_device)
 
@@ -403,7 +405,9 @@ class EpisodeRecorder:
 
     __slots__ = ("_n", "device", "metric", "policy", "tracker")
 
-    def __init__(self, policy: EpisodePolicy = PRODUCTION_POLICY, *, device: str = "", metric: str = "") -> None:
+    def __init__(
+        self, policy: EpisodePolicy = PRODUCTION_POLICY, *, device: str = "", metric: str = ""
+    ) -> None:
         self.policy = policy
         self.device = device
         self.metric = metric
@@ -432,7 +436,9 @@ class EpisodeRecorder:
         tracker = self.tracker
         if tracker.phase is not Phase.OPEN:
             return None
-        ep = Episode(self.device, self.metric, tracker.start, tracker.last_anomalous, tracker.peak_score, self._n)
+        ep = Episode(
+            self.device, self.metric, tracker.start, tracker.last_anomalous, tracker.peak_score, self._n
+        )
         self.tracker = EpisodeTracker(self.policy)
         self._n = 0
         return ep
@@ -627,12 +633,12 @@ __all__ = [
     "IGNORED_KINDS",
     "NAB_PROFILES",
     "PRODUCTION_POLICY",
-    "Report",
     "Episode",
     "EpisodeRecorder",
     "Metrics",
     "NabProfile",
     "NabScore",
+    "Report",
     "Window",
     "detect_episodes",
     "episodes",
