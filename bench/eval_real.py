@@ -391,7 +391,9 @@ def run_torture(
     seed: int, per_shape: int, days: float, detectors: Sequence[str], *, jobs: int
 ) -> dict[str, dict[str, object]]:
     """Per detector and shape: alerts per stream per 30 days (every alert is false)."""
-    tasks = [(shape, seed, i, days, name) for name in detectors for shape in TORTURE for i in range(per_shape)]
+    tasks = [
+        (shape, seed, i, days, name) for name in detectors for shape in TORTURE for i in range(per_shape)
+    ]
     alerts: dict[str, dict[str, int]] = {name: dict.fromkeys(TORTURE, 0) for name in detectors}
     seconds: dict[str, float] = defaultdict(float)
     readings: dict[str, int] = defaultdict(int)
@@ -453,7 +455,8 @@ def print_report(doc: dict[str, object], detectors: Sequence[str]) -> None:
                 print(_nab_row(name, d[view], extra if view == "window_60s" else ""))
     if "simulator" in doc:
         sim: Any = doc["simulator"]
-        print(f"\nSimulator benchmark ({sim['about']}), NAB per stream, recall with {SIM_TOLERANCE:.0f} s tolerance")
+        print(f"\nSimulator benchmark ({sim['about']}), NAB per stream,")
+        print(f"recall with {SIM_TOLERANCE:.0f} s tolerance")
         print(NAB_HEAD + " µs/reading (eval) |")
         print("|---" * 8 + "|")
         for name in detectors:
@@ -522,7 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_torture(args.seed, args.torture_streams, args.torture_days, detectors, jobs=args.jobs)
         )
         tor["about"] = (
-            f"seed {args.seed}, {len(TORTURE)} shapes x {args.torture_streams} streams x {args.torture_days:g} days"
+            f"seed {args.seed}, {len(TORTURE)} shapes x {args.torture_streams} streams "
+            f"x {args.torture_days:g} days"
         )
         doc["torture"] = tor
     doc["wall_s"] = round(time.perf_counter() - started, 1)

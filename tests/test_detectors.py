@@ -17,7 +17,7 @@ from cloud.detect import (
     detector_from_bytes,
     make_detector,
 )
-from cloud.detect.base import StreamDetector
+from cloud.detect.base import NON_FINITE, StreamDetector
 from simulators.signals import PowerModel
 
 # One entry per implementation ("default" and "sensor" are the same class).
@@ -120,7 +120,8 @@ def test_non_finite_values_are_flagged_and_never_learned(name: str, bad: float) 
     run(clean, points[:1000])
     ts = points[1000][0]
     assert det.score_one(ts, bad) == 1.0
-    assert det.process(ts, bad) == Verdict(1.0, True)
+    assert det.process(ts, bad) == NON_FINITE
+    assert NON_FINITE.kind == "non_finite" and NON_FINITE.evidence
     assert run(det, points[1000:]) == run(clean, points[1000:])
 
 

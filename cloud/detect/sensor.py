@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any
 
-from cloud.detect.base import Verdict
+from cloud.detect.base import NON_FINITE, Verdict
 from cloud.detect.calibrate import TailThreshold, named_state, restore_state
 
 _INF = math.inf
@@ -60,6 +60,9 @@ REPEAT_TOL = 0.25  # a step below this many scales counts as "not moving"
 REPEAT_GAIN = 0.01
 STUCK_NATS = 12.0  # surprise (nats) of a run of repeats that makes a fault
 PATIENCE = 6 * 3600.0  # anomalous this long without a break: accept it as the new normal
+ALARM_BUDGET = 14 * 86_400.0  # a reading's false-alarm risk is its interval / this (per stream) ...
+RISK_MAX = 1e-4  # ... within these bounds: very slow streams still get a tail to learn from,
+RISK_MIN = 1e-5  # ... very fast ones a threshold their tail estimate can reach
 
 
 # The attributes, which are also the checkpoint's named state (__getstate__).
@@ -69,6 +72,7 @@ _SENSOR_STATE = (
     "alt_level",
     "alt_seen",
     "cal",
+    "counts",
     "dev",
     "dt_typ",
     "env_ts",
@@ -118,9 +122,10 @@ class SensorDetector:
     def __setstate__(self, state: object) -> None:
         restore_state(self, state)
 
-    def __init__(self, *, seed: int = 0, risk: float = 1e-4) -> None:
-        self.cal = TailThreshold(risk=risk)
+    def __init__(self, *, seed: int = 0) -> None:
+        self.cal = TailThreshold(risk=RISK_MAX)
         self._boot: list[tuple[float, float]] | None = []
+        self.counts = False  # a count stream, judged on a log scale (decided after the warm-up)
         self.n = 0
         self.t0 = self.env_ts = 0.0
         self.last_ts = -_INF
@@ -158,7 +163,9 @@ class SensorDetector:
         s = z / self.cal.threshold
         if (x > self.hi or x < self.lo) and ts - self.t0 >= ENV_WARM:
             hi, lo = self.hi, self.lo
-            e = (x - hi if x > hi else lo - x) / (ENV_MARGIN * (hi - lo) + ENV_DEVS * dev)
+            # the reading and the level both outside: a drift, not one reading of a heavy tail
+            out = (x if x < level else level) - hi if x > hi else lo - (x if x > level else level)
+            e = out / (ENV_MARGIN * (hi - lo) + ENV_DEVS * dev)
             if e > s:  # noqa: PLR1730 - the hot path avoids calls to max()
                 s = e
         run = 0
@@ -175,7 +182,7 @@ class SensorDetector:
             return 1.0
         if self._boot is not None:
             return 0.0
-        s = self._assess(ts, value)[0]
+        s = self._assess(ts, _symlog(value) if self.counts else value)[0]
         return s / (1.0 + s)
 
     # -- learning --------------------------------------------------------------------------
@@ -191,11 +198,20 @@ class SensorDetector:
         if len(boot) < WARMUP:
             return
         values = [v for _, v in boot]
+        # Counts (events, requests) are judged on a log scale, where bursts and heavy tails
+        # become the thin exponential tails the calibrator expects
+        self.counts = all(v >= 0.0 and v == math.floor(v) for v in values) and max(values) >= 2.0
+        if self.counts:
+            values = [_symlog(v) for v in values]
+            x = values[-1]
+            self.prev = x
         steps = [abs(b - a) for a, b in pairwise(values)]
         nonzero = [d for d in steps if d > 0.0]
         gaps = [b[0] - a[0] for a, b in pairwise(boot) if b[0] > a[0]]
         self.t0 = self.env_ts = boot[0][0]
         self.dt_typ = statistics.median(gaps) if gaps else 0.0
+        if self.dt_typ > 0.0:  # the false-alarm budget is per time, whatever the sampling
+            self.cal.set_risk(min(RISK_MAX, max(RISK_MIN, self.dt_typ / ALARM_BUDGET)))
         self.quantum = min(nonzero) if nonzero else _INF
         self.lo, self.hi = min(values), max(values)
         self._boot = None
@@ -275,6 +291,13 @@ class SensorDetector:
         if z < threshold:
             self.pend = None
             self.level += ALPHA * (x - self.level)
+            if self.flag_run == 1 and (x > self.hi or x < self.lo) and ts - self.t0 >= ENV_WARM:
+                # outside the range, alarmed once: the range takes it in, so the same excursion
+                # again (a heavy tail, a wandering level) is not a new alarm, only a further one
+                if x > self.hi:
+                    self.hi = x
+                else:
+                    self.lo = x
             return
         pend = self.pend
         if pend is None:  # remember the regime we are leaving, in case this is a new one
@@ -366,8 +389,9 @@ class SensorDetector:
         if self._boot is not None:
             self._start(ts, value)
             return
-        _, z, _, _, run, other = self._assess(ts, value)
-        self._learn(ts, value, flagged=False, z=z, run=run, other=other, step=abs(value - self.prev))
+        x = _symlog(value) if self.counts else value
+        _, z, _, _, run, other = self._assess(ts, x)
+        self._learn(ts, x, flagged=False, z=z, run=run, other=other, step=abs(x - self.prev))
 
     def process(self, ts: float, value: float) -> Verdict:
         """Score, decide against this stream's threshold, and learn unless flagged.
@@ -377,10 +401,13 @@ class SensorDetector:
         """
         x = value
         if x - x != 0.0:  # NaN or inf
-            return _NONFINITE
+            return NON_FINITE
         if self._boot is not None:
             self._start(ts, x)
             return _QUIET
+        counts = self.counts
+        if counts:
+            x = _symlog(x)
         # -- score (= _assess) --
         dev = self.dev
         dt = ts - self.last_ts
@@ -396,21 +423,30 @@ class SensorDetector:
         cal = self.cal
         threshold = cal.threshold
         s = z / threshold
+        why = _WHY_LEVEL
         hi, lo = self.hi, self.lo
         if (x > hi or x < lo) and ts - self.t0 >= ENV_WARM:
-            e = (x - hi if x > hi else lo - x) / (ENV_MARGIN * (hi - lo) + ENV_DEVS * dev)
-            if e > s:  # noqa: PLR1730 - the hot path avoids calls to max()
+            out = (x if x < level else level) - hi if x > hi else lo - (x if x > level else level)
+            e = out / (ENV_MARGIN * (hi - lo) + ENV_DEVS * dev)
+            if e > s:
                 s = e
+                why = _WHY_RANGE
         step = abs(x - self.prev)
         run = 0
         if step <= REPEAT_TOL * dev:
             run = self.run + 1
             stuck = run * self.rep_cost
-            if stuck > s:  # noqa: PLR1730
+            if stuck > s:
                 s = stuck
+                why = _WHY_STUCK
         flagged = s >= 1.0
         band = threshold * dev * widen
-        verdict = Verdict(s / (1.0 + s), flagged and self.n >= QUIET, level - band, level + band)
+        if flagged and self.n >= QUIET:  # rare: only an alert pays for its explanation
+            verdict = self._explain(x, s, why=why, level=level, band=band, scale=dev * widen, run=run)
+        elif counts:
+            verdict = Verdict(s / (1.0 + s), False, _symexp(level - band), _symexp(level + band))
+        else:
+            verdict = Verdict(s / (1.0 + s), False, level - band, level + band)
         # -- learn (= _learn) --
         self.n += 1
         if dt > 0.0:
@@ -453,8 +489,101 @@ class SensorDetector:
             self._contract(ts)
         return verdict
 
+    def _explain(
+        self, x: float, s: float, *, why: int, level: float, band: float, scale: float, run: int
+    ) -> Verdict:
+        """The anomalous verdict: what was seen (a kind of ANOMALY_KINDS), why in the stream's
+        own numbers, and the range the detector expected at this moment for that question."""
+        score = s / (1.0 + s)
+        if self.counts:
+            return self._explain_count(x, score, why=why, level=level, band=band, run=run)
+        if why == _WHY_STUCK:
+            dt = self.dt_typ
+            every = dt / (1.0 - self.rep_p) if self.rep_p < 1.0 else _INF
+            held = f"unchanged at {_num(x)} {{unit}} for {run + 1} readings"
+            if dt > 0.0:
+                held = f"unchanged at {_num(x)} {{unit}} for {_duration(run * dt)}"
+            habit = f"; this stream changes every {_duration(every)}" if every < _INF and dt > 0.0 else ""
+            return Verdict(score, True, level - band, level + band, "stuck", held + habit)
+        if why == _WHY_RANGE:
+            hi, lo = self.hi, self.lo
+            allowed = ENV_MARGIN * (hi - lo) + ENV_DEVS * scale
+            side = "above" if x > hi else "below"
+            evidence = (
+                f"value {_num(x)} {{unit}}, {side} the range {_num(lo)}..{_num(hi)} {{unit}} it has lived in"
+            )
+            return Verdict(score, True, lo - allowed, hi + allowed, "out_of_range", evidence)
+        steps = abs(x - level) / scale
+        side = "above" if x > level else "below"
+        kind = "spike" if x > level else "dip"
+        if self.flag_run >= 1:  # the previous reading was flagged too: a run, not a lone point
+            pend = self.pend
+            if pend is not None and self.pend_n >= 2 and abs(x - pend) <= 3.0 * self.dev:
+                kind = "level_shift"
+            elif (x - level) * (self.prev - level) < 0.0:
+                kind = "noise_burst"
+        evidence = (
+            f"value {_num(x)} {{unit}}, {_num(steps)} typical steps {side} the level {_num(level)} {{unit}}"
+        )
+        return Verdict(score, True, level - band, level + band, kind, evidence)
+
+    def _explain_count(
+        self, x: float, score: float, *, why: int, level: float, band: float, run: int
+    ) -> Verdict:
+        """`_explain` for a count stream: its numbers back on the stream's own scale."""
+        value, usual = _symexp(x), _symexp(level)
+        if why == _WHY_STUCK:
+            evidence = f"unchanged at {_num(value)} {{unit}} for {_duration(run * self.dt_typ)}"
+            return Verdict(score, True, _symexp(level - band), _symexp(level + band), "stuck", evidence)
+        if why == _WHY_RANGE:
+            lo, hi = _symexp(self.lo), _symexp(self.hi)
+            side = "above" if value > hi else "below"
+            evidence = (
+                f"count {_num(value)} {{unit}}, {side} the range {_num(lo)}..{_num(hi)} {{unit}} "
+                "it has lived in"
+            )
+            allowed = ENV_MARGIN * (self.hi - self.lo) + ENV_DEVS * self.dev
+            return Verdict(
+                score, True, _symexp(self.lo - allowed), _symexp(self.hi + allowed), "out_of_range", evidence
+            )
+        kind = "spike" if x > level else "dip"
+        times = (value + 1.0) / (usual + 1.0)
+        ratio = f"{_num(times)} times" if times >= 1.0 else f"1/{_num(1.0 / times)} of"
+        evidence = f"count {_num(value)} {{unit}}, {ratio} the usual {_num(usual)} {{unit}}"
+        return Verdict(score, True, _symexp(level - band), _symexp(level + band), kind, evidence)
+
     def to_bytes(self) -> bytes:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _symlog(x: float) -> float:
+    """sign(x) log(1 + |x|): a log scale that is defined at zero and below."""
+    return math.copysign(math.log1p(abs(x)), x)
+
+
+def _symexp(y: float) -> float:
+    """The inverse of `_symlog`."""
+    return math.copysign(math.expm1(abs(y)), y)
+
+
+def _num(x: float) -> str:
+    """A number as people read it: 3 significant digits, no exponent for everyday sizes."""
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0.0 or 0.01 <= abs(x) < 1e6:
+        text = f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+        return text if "e" not in text else f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120.0:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600.0:
+        return f"{seconds / 60.0:.0f} min"
+    if seconds < 2 * 86_400.0:
+        return f"{seconds / 3600.0:.1f} h"
+    return f"{seconds / 86_400.0:.1f} days"
 
 
 def _trailing(flags: list[bool]) -> Iterator[bool]:
@@ -471,7 +600,9 @@ def _regime_step(values: list[float], above: bool, cut: float) -> float:
     return statistics.median(steps) if steps else 0.0
 
 
-_NONFINITE = Verdict(1.0, True)
+_WHY_LEVEL = 0  # which question made the score: the residual against the level,
+_WHY_RANGE = 1  # ... the range the stream has lived in,
+_WHY_STUCK = 2  # ... or a run of repeated values
 _QUIET = Verdict(0.0, False)
 
 __all__ = ["SensorDetector"]
