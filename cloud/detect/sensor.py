@@ -72,6 +72,7 @@ _SENSOR_STATE = (
     "alt_level",
     "alt_seen",
     "cal",
+    "count_m",
     "counts",
     "dev",
     "dt_typ",
@@ -125,7 +126,8 @@ class SensorDetector:
     def __init__(self, *, seed: int = 0) -> None:
         self.cal = TailThreshold(risk=RISK_MAX)
         self._boot: list[tuple[float, float]] | None = []
-        self.counts = False  # a count stream, judged on a log scale (decided after the warm-up)
+        self.counts = False  # a count stream, judged on its own scale (decided after the warm-up)
+        self.count_m = 1.0  # ... the typical count, where that scale turns from linear to log
         self.n = 0
         self.t0 = self.env_ts = 0.0
         self.last_ts = -_INF
@@ -182,7 +184,7 @@ class SensorDetector:
             return 1.0
         if self._boot is not None:
             return 0.0
-        s = self._assess(ts, _symlog(value) if self.counts else value)[0]
+        s = self._assess(ts, _to_counts(value, self.count_m) if self.counts else value)[0]
         return s / (1.0 + s)
 
     # -- learning --------------------------------------------------------------------------
@@ -198,11 +200,11 @@ class SensorDetector:
         if len(boot) < WARMUP:
             return
         values = [v for _, v in boot]
-        # Counts (events, requests) are judged on a log scale, where bursts and heavy tails
-        # become the thin exponential tails the calibrator expects
+        # Counts (events, requests) are judged on their own scale (`_to_counts`)
         self.counts = all(v >= 0.0 and v == math.floor(v) for v in values) and max(values) >= 2.0
         if self.counts:
-            values = [_symlog(v) for v in values]
+            m = self.count_m = max(1.0, statistics.median(values))
+            values = [_to_counts(v, m) for v in values]
             x = values[-1]
             self.prev = x
         steps = [abs(b - a) for a, b in pairwise(values)]
@@ -389,7 +391,7 @@ class SensorDetector:
         if self._boot is not None:
             self._start(ts, value)
             return
-        x = _symlog(value) if self.counts else value
+        x = _to_counts(value, self.count_m) if self.counts else value
         _, z, _, _, run, other = self._assess(ts, x)
         self._learn(ts, x, flagged=False, z=z, run=run, other=other, step=abs(x - self.prev))
 
@@ -407,7 +409,7 @@ class SensorDetector:
             return _QUIET
         counts = self.counts
         if counts:
-            x = _symlog(x)
+            x = _to_counts(x, self.count_m)
         # -- score (= _assess) --
         dev = self.dev
         dt = ts - self.last_ts
@@ -444,7 +446,9 @@ class SensorDetector:
         if flagged and self.n >= QUIET:  # rare: only an alert pays for its explanation
             verdict = self._explain(x, s, why=why, level=level, band=band, scale=dev * widen, run=run)
         elif counts:
-            verdict = Verdict(s / (1.0 + s), False, _symexp(level - band), _symexp(level + band))
+            m = self.count_m
+            low = _from_counts(level - band, m)
+            verdict = Verdict(s / (1.0 + s), False, low if low > 0.0 else 0.0, _from_counts(level + band, m))
         else:
             verdict = Verdict(s / (1.0 + s), False, level - band, level + band)
         # -- learn (= _learn) --
@@ -531,39 +535,43 @@ class SensorDetector:
         self, x: float, score: float, *, why: int, level: float, band: float, run: int
     ) -> Verdict:
         """`_explain` for a count stream: its numbers back on the stream's own scale."""
-        value, usual = _symexp(x), _symexp(level)
+        m = self.count_m
+        value, usual = _from_counts(x, m), _from_counts(level, m)
+        low = max(0.0, _from_counts(level - band, m))
+        high = _from_counts(level + band, m)
         if why == _WHY_STUCK:
             evidence = f"unchanged at {_num(value)} {{unit}} for {_duration(run * self.dt_typ)}"
-            return Verdict(score, True, _symexp(level - band), _symexp(level + band), "stuck", evidence)
+            return Verdict(score, True, low, high, "stuck", evidence)
         if why == _WHY_RANGE:
-            lo, hi = _symexp(self.lo), _symexp(self.hi)
+            lo, hi = _from_counts(self.lo, m), _from_counts(self.hi, m)
             side = "above" if value > hi else "below"
             evidence = (
                 f"count {_num(value)} {{unit}}, {side} the range {_num(lo)}..{_num(hi)} {{unit}} "
                 "it has lived in"
             )
             allowed = ENV_MARGIN * (self.hi - self.lo) + ENV_DEVS * self.dev
-            return Verdict(
-                score, True, _symexp(self.lo - allowed), _symexp(self.hi + allowed), "out_of_range", evidence
-            )
+            low = max(0.0, _from_counts(self.lo - allowed, m))
+            return Verdict(score, True, low, _from_counts(self.hi + allowed, m), "out_of_range", evidence)
         kind = "spike" if x > level else "dip"
         times = (value + 1.0) / (usual + 1.0)
         ratio = f"{_num(times)} times" if times >= 1.0 else f"1/{_num(1.0 / times)} of"
         evidence = f"count {_num(value)} {{unit}}, {ratio} the usual {_num(usual)} {{unit}}"
-        return Verdict(score, True, _symexp(level - band), _symexp(level + band), kind, evidence)
+        return Verdict(score, True, low, high, kind, evidence)
 
     def to_bytes(self) -> bytes:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _symlog(x: float) -> float:
-    """sign(x) log(1 + |x|): a log scale that is defined at zero and below."""
-    return math.copysign(math.log1p(abs(x)), x)
+def _to_counts(x: float, m: float) -> float:
+    """The counts scale: m log(1 + x/m), mirrored below 0. Linear near zero (small counts keep
+    their steps), logarithmic well above the typical count m, where bursts and heavy tails
+    become the thin exponential tails the calibrator expects."""
+    return math.copysign(m * math.log1p(abs(x) / m), x)
 
 
-def _symexp(y: float) -> float:
-    """The inverse of `_symlog`."""
-    return math.copysign(math.expm1(abs(y)), y)
+def _from_counts(y: float, m: float) -> float:
+    """The inverse of `_to_counts`."""
+    return math.copysign(m * math.expm1(abs(y) / m), y)
 
 
 def _num(x: float) -> str:
