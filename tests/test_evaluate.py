@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import random
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -314,3 +315,84 @@ def test_default_beats_the_river_baselines_on_a_small_labelled_fleet() -> None:
         assert best.false_alarms < results[baseline].false_alarms, baseline
     assert best.recall > 0.75
     assert best.false_alarms_per_stream_day < 1.0
+
+
+def _eval_real() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("eval_real", ROOT / "bench" / "eval_real.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("eval_real", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+SKAB_HEADER = (
+    "datetime;Accelerometer1RMS;Accelerometer2RMS;Current;Pressure;Temperature;Thermocouple;"
+    "Voltage;Volume Flow RateRMS"
+)
+
+
+def write_skab_like(root: Path, *, rows: int = 400, start: int = 250, end: int = 300) -> None:
+    """A SKAB-format run (one reading a second, 8 sensors) with one labelled level shift."""
+    rng = random.Random(1)
+    (root / "valve1").mkdir(parents=True)
+    (root / "anomaly-free").mkdir()
+    lines = [SKAB_HEADER + ";anomaly;changepoint"]
+    free = [SKAB_HEADER]
+    for i in range(rows):
+        stamp = f"2020-03-09 10:{i // 60:02d}:{i % 60:02d}"
+        shift = 5.0 if start <= i < end else 0.0
+        values = [f"{10.0 * (k + 1) + rng.gauss(0, 0.1) + shift:.4f}" for k in range(8)]
+        label = "1.0" if start <= i < end else "0.0"
+        cp = "1.0" if i in (start, end - 1) else "0.0"
+        lines.append(";".join([stamp, *values, label, cp]))
+        if i < start:  # the anomaly-free run: the same testbed before the fault
+            free.append(";".join([stamp, *values]))
+    (root / "valve1" / "0.csv").write_text("\n".join(lines) + "\n")
+    (root / "anomaly-free" / "anomaly-free.csv").write_text("\n".join(free) + "\n")
+
+
+def test_skab_runs_load_as_one_device_with_changepoints_and_intervals(tmp_path: Path) -> None:
+    write_skab_like(tmp_path)
+    bench = _eval_real()
+    [run] = bench.skab_runs(tmp_path)
+    assert run.device == "valve1/0" and len(run.streams) == 8
+    t0 = run.streams[0].points[0][0]
+    assert [t - t0 for t in run.changepoints] == [250.0, 299.0]
+    assert [(a - t0, b - t0) for a, b in run.intervals] == [(250.0, 299.0)]
+    assert run.streams[7].metric == "Volume Flow RateRMS" and len(run.streams[7].points) == 400
+
+
+def test_eval_real_quick_runs_every_set_and_reports_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bench in --quick sizes (so it cannot rot): SKAB-format data, simulator, torture."""
+    write_skab_like(tmp_path)
+    bench = _eval_real()
+    assert bench.main(["--quick", "--json", "--skab", str(tmp_path), "--detectors", "default,ewma"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    skab = doc["skab"]
+    assert (skab["runs"], skab["windows_60s"], skab["intervals"]) == (1, 2, 1)
+    shift = skab["default"]["window_60s"]
+    assert shift["metrics"]["detected"] >= 1  # a 50-noise-sigma shift on all 8 sensors is seen
+    assert set(shift["nab"]) == {p.name for p in NAB_PROFILES}
+    assert shift["nab"]["standard"]["score"] > 0.0
+    assert skab["default"]["anomaly_free_alerts"] == 0
+    sim = doc["simulator"]["default"]
+    assert sim["metrics"]["events"] > 0 and sim["metrics"]["recall"] > 0.5
+    torture = doc["torture"]["default"]
+    assert set(torture["alerts_per_stream_30d"]) == set(bench.TORTURE)
+    assert torture["false_alarms_per_stream_day"] >= 0.0
+    assert set(doc["torture"]) >= {"default", "ewma"}
+    bench.main(["--quick", "--sets", "torture", "--detectors", "default"])  # the table, too
+    assert "| flat_rare_steps |" in capsys.readouterr().out
+
+
+def test_torture_streams_are_seeded_and_long() -> None:
+    bench = _eval_real()
+    for shape in bench.TORTURE:
+        first = bench.torture_stream(shape, 7, 0, 30.0)
+        assert first == bench.torture_stream(shape, 7, 0, 30.0)
+        span = first.points[-1][0] - first.points[0][0]
+        assert span >= 29.0 * 86_400.0, shape
+        assert all(b[0] > a[0] for a, b in zip(first.points, first.points[1:], strict=False)), shape
