@@ -12,13 +12,23 @@ Three questions per reading, each answered in O(1) pure Python (no numpy, no riv
   learned: the first reading of each flagged run teaches it, capped, so frequent jumps raise
   the threshold while a long fault counts once.
 - Is the value outside the range the stream has lived in? A slowly adapting envelope catches
-  drifts and large shifts that the level would otherwise follow.
+  drifts and large shifts that the level would otherwise follow. Both the reading and the level
+  must be outside (one reading of a heavy tail is the residual's question), and an excursion
+  alarmed once widens the range, so a wandering stream is not alarmed again for the same place.
 - Has the sensor stopped moving? A run of (near-)repeated values is scored by its surprise under
   the stream's own probability of repeating after a repeat, so quantised and constant streams
   are judged by their own habits (stuck value, variance collapse).
 
 The raw score `S` is the largest of the three, each in units of its own threshold, and the score
-is `S / (1 + S)`: 0.5 is exactly this stream's decision boundary. Flagged readings do not teach
+is `S / (1 + S)`: 0.5 is exactly this stream's decision boundary. The threshold's risk per reading
+is the stream's sampling interval over a fixed false-alarm budget (`ALARM_BUDGET`), so a stream
+read every second is as quiet per day as one read every five minutes. A stream whose first
+readings are all non-negative whole numbers is a count, judged on a scale that is linear near
+zero and logarithmic above its typical count (bursts and heavy tails are its habit). An
+anomalous verdict says what it saw (`kind`: spike, dip, level shift, noise burst, stuck,
+out of range) and why in the stream's own numbers (`evidence`), and its expected range is that
+of the question that fired (the level's band, or the range the stream has lived in); normal
+verdicts pay for none of that. Flagged readings do not teach
 the scale, the calibrator or the envelope; the level follows them slowly so that a genuine new
 regime is adopted, and anything anomalous for `PATIENCE` seconds on end becomes the new normal.
 """
@@ -110,7 +120,10 @@ class SensorDetector:
     (False, True)
     >>> v = det.process(18120.0, 20.2)
     >>> round(v.score, 2), round(v.expected_low, 1), round(v.expected_high, 1)
-    (0.16, 17.8, 23.8)
+    (0.14, 17.4, 24.2)
+    >>> v = det.process(18180.0, 35.0)
+    >>> v.kind, v.evidence
+    ('spike', 'value 35 {unit}, 40.7 typical steps above the level 20.6 {unit}')
     """
 
     name = "sensor"
