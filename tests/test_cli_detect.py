@@ -69,6 +69,7 @@ def test_detect_json_summary_lists_the_episodes(tmp_path: Path) -> None:
     assert episode["device"] == "d1"
     # one anomalous reading; production ends the episode at the first normal one after it
     assert (episode["start_iso"], episode["end_iso"]) == ("2024-01-01T10:00:00Z", "2024-01-01T10:01:00Z")
+    assert episode["kind"] == "spike" and "typical steps above the level" in episode["evidence"]
 
 
 @pytest.mark.parametrize(

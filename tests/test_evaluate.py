@@ -86,6 +86,7 @@ def test_detect_episodes_runs_the_detector_path() -> None:
     points[400] = (points[400][0], 40.0)
     eps = detect_episodes(make_detector("default"), points, device="d", metric="t")
     assert [(e.start, e.end) for e in eps] == [(24000.0, 24060.0)]
+    assert eps[0].kind == "spike" and eps[0].evidence.startswith("value 40 {unit}, ")  # what opened it
 
 
 def test_metrics_on_a_hand_made_case() -> None:

@@ -55,6 +55,8 @@ class Episode:
     end: float
     peak_score: float = 0.0
     readings: int = 0
+    kind: str = ""  # what the opening verdict said it saw (cloud.detect.base.ANOMALY_KINDS)
+    evidence: str = ""  # ... and why, with "{unit}" for the stream's unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,7 +405,7 @@ class EpisodeRecorder:
     [(1.0, 5.0, 3), (8.0, 8.0)]
     """
 
-    __slots__ = ("_n", "device", "metric", "policy", "tracker")
+    __slots__ = ("_evidence", "_kind", "_n", "device", "metric", "policy", "tracker")
 
     def __init__(
         self, policy: EpisodePolicy = PRODUCTION_POLICY, *, device: str = "", metric: str = ""
@@ -413,6 +415,7 @@ class EpisodeRecorder:
         self.metric = metric
         self.tracker = EpisodeTracker(policy)
         self._n = 0
+        self._kind = self._evidence = ""
 
     @property
     def is_open(self) -> bool:
@@ -423,12 +426,18 @@ class EpisodeRecorder:
         transition = self.tracker.observe(ts, value, verdict)
         if verdict.anomalous:
             self._n += 1
-        if transition is None or transition.state is not AlertState.CLOSED:
+        if transition is None:
             return None
-        ep = Episode(
-            self.device, self.metric, transition.start, transition.end or ts, transition.peak_score, self._n
-        )
+        if transition.state is AlertState.OPEN:
+            self._kind, self._evidence = verdict.kind, verdict.evidence
+            return None
+        end = ts if transition.end is None else transition.end
+        return self._episode(transition.start, end, transition.peak_score)
+
+    def _episode(self, start: float, end: float, peak: float) -> Episode:
+        ep = Episode(self.device, self.metric, start, end, peak, self._n, self._kind, self._evidence)
         self._n = 0
+        self._kind = self._evidence = ""
         return ep
 
     def finish(self) -> Episode | None:
@@ -436,12 +445,8 @@ class EpisodeRecorder:
         tracker = self.tracker
         if tracker.phase is not Phase.OPEN:
             return None
-        ep = Episode(
-            self.device, self.metric, tracker.start, tracker.last_anomalous, tracker.peak_score, self._n
-        )
         self.tracker = EpisodeTracker(self.policy)
-        self._n = 0
-        return ep
+        return self._episode(tracker.start, tracker.last_anomalous, tracker.peak_score)
 
 
 def episodes(

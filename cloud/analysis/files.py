@@ -121,6 +121,8 @@ class DetectSummary:
                     "end_iso": _iso(e.end),
                     "readings": e.readings,
                     "peak_score": round(e.peak_score, 6),
+                    "kind": e.kind,
+                    "evidence": e.evidence,
                 }
                 for e in self.episodes
             ],
