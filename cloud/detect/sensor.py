@@ -65,7 +65,8 @@ ENV_WARM = 12 * 3600.0  # the envelope expands freely this long, then only slowl
 ENV_GROW = 2 * 3600.0  # after that it grows towards new extremes with this time constant
 ENV_TAU = 3 * 86_400.0  # the envelope contracts towards its middle with this time constant
 ENV_MARGIN = 0.3  # allowed excursion beyond the envelope: this share of its width ...
-ENV_DEVS = 5.0  # ... plus this many scales
+ENV_DEVS = 5.0  # ... plus this many scales; a lone reading must be 1 / RANGE_POINT times as far
+RANGE_POINT = 0.5  # out as the level (counts: a lone count never counts here)
 REPEAT_TOL = 0.25  # a step below this many scales counts as "not moving"
 REPEAT_GAIN = 0.01
 STUCK_NATS = 12.0  # surprise (nats) of a run of repeats that makes a fault
@@ -178,8 +179,15 @@ class SensorDetector:
         s = z / self.cal.threshold
         if (x > self.hi or x < self.lo) and ts - self.t0 >= ENV_WARM:
             hi, lo = self.hi, self.lo
-            # the reading and the level both outside: a drift, not one reading of a heavy tail
-            out = (x if x < level else level) - hi if x > hi else lo - (x if x > level else level)
+            # how far the reading and the level both are outside (a drift), or a lone reading
+            # twice as far; for counts only the level (one count of a heavy tail is the
+            # residual's question)
+            far = x - hi if x > hi else lo - x
+            out = level - hi if x > hi else lo - level
+            if out > far:  # noqa: PLR1730 - the hot path avoids calls to min()/max()
+                out = far
+            if not self.counts and RANGE_POINT * far > out:
+                out = RANGE_POINT * far
             e = out / (ENV_MARGIN * (hi - lo) + ENV_DEVS * dev)
             if e > s:  # noqa: PLR1730 - the hot path avoids calls to max()
                 s = e
@@ -441,7 +449,12 @@ class SensorDetector:
         why = _WHY_LEVEL
         hi, lo = self.hi, self.lo
         if (x > hi or x < lo) and ts - self.t0 >= ENV_WARM:
-            out = (x if x < level else level) - hi if x > hi else lo - (x if x > level else level)
+            far = x - hi if x > hi else lo - x
+            out = level - hi if x > hi else lo - level
+            if out > far:  # noqa: PLR1730
+                out = far
+            if not counts and RANGE_POINT * far > out:
+                out = RANGE_POINT * far
             e = out / (ENV_MARGIN * (hi - lo) + ENV_DEVS * dev)
             if e > s:
                 s = e
