@@ -241,3 +241,21 @@ def test_the_false_alarm_budget_is_per_time_whatever_the_sampling() -> None:
     assert risks[300.0] == pytest.approx(min(RISK_MAX, 300.0 / ALARM_BUDGET))
     assert risks[3600.0] == pytest.approx(RISK_MAX)
     assert risks[1.0] < risks[60.0] < risks[3600.0]
+
+
+def test_a_dip_on_a_duty_cycle_expects_the_regime_the_stream_is_in() -> None:
+    """The demo's power alert: a dip to -486 W while the stream read about 0 W must not say it
+    expected the compressor's "on" level."""
+    model = PowerModel(seed=3)
+    values = [model.step(T0 + 60.0 * i) for i in range(3000)]
+    det = SensorDetector()
+    run(det, values)
+    off = min(v for v in values[-300:])
+    base = 3000
+    verdicts = run(det, [off] * 10, start=base)  # ten minutes off
+    dip = det.process(T0 + 60.0 * (base + 10), -486.0)
+    assert not any(v.anomalous for v in verdicts)
+    assert dip.anomalous and dip.kind == "dip"
+    assert dip.expected_low is not None and dip.expected_high is not None
+    assert dip.expected_low < off < dip.expected_high  # around where it was, not around "on"
+    assert dip.expected_high < 0.5 * max(values)

@@ -470,7 +470,7 @@ class SensorDetector:
         flagged = s >= 1.0
         band = threshold * dev * widen
         if flagged and self.n >= QUIET:  # rare: only an alert pays for its explanation
-            verdict = self._explain(x, s, why=why, level=level, band=band, scale=dev * widen, run=run)
+            verdict = self._explain(x, s, why=why, threshold=threshold, widen=widen, run=run)
         elif counts:
             m = self.count_m
             low = _from_counts(level - band, m)
@@ -519,12 +519,17 @@ class SensorDetector:
             self._contract(ts)
         return verdict
 
-    def _explain(
-        self, x: float, s: float, *, why: int, level: float, band: float, scale: float, run: int
-    ) -> Verdict:
+    def _explain(self, x: float, s: float, *, why: int, threshold: float, widen: float, run: int) -> Verdict:
         """The anomalous verdict: what was seen (a kind of ANOMALY_KINDS), why in the stream's
-        own numbers, and the range the detector expected at this moment for that question."""
+        own numbers, and the range the detector expected at this moment for that question.
+
+        The range is the current regime's: an anomalous reading is far from both regimes, and
+        the one where the stream is, not the one it might return to, is what it expected.
+        """
         score = s / (1.0 + s)
+        level = self.level
+        scale = self.dev * widen
+        band = threshold * scale
         if self.counts:
             return self._explain_count(x, score, why=why, level=level, band=band, run=run)
         if why == _WHY_STUCK:
