@@ -12,9 +12,9 @@ Three questions per reading, each answered in O(1) pure Python (no numpy, no riv
   learned: the first reading of each flagged run teaches it, capped, so frequent jumps raise
   the threshold while a long fault counts once.
 - Is the value outside the range the stream has lived in? A slowly adapting envelope catches
-  drifts and large shifts that the level would otherwise follow. Both the reading and the level
-  must be outside (one reading of a heavy tail is the residual's question), and an excursion
-  alarmed once widens the range, so a wandering stream is not alarmed again for the same place.
+  drifts and large shifts that the level would otherwise follow. An excursion alarmed once
+  widens the range, so a wandering stream is not alarmed again for the same place; for counts
+  the level must be outside too (one count of a heavy tail is the residual's question).
 - Has the sensor stopped moving? A run of (near-)repeated values is scored by its surprise under
   the stream's own probability of repeating after a repeat, so quantised and constant streams
   are judged by their own habits (stuck value, variance collapse).
@@ -65,8 +65,7 @@ ENV_WARM = 12 * 3600.0  # the envelope expands freely this long, then only slowl
 ENV_GROW = 2 * 3600.0  # after that it grows towards new extremes with this time constant
 ENV_TAU = 3 * 86_400.0  # the envelope contracts towards its middle with this time constant
 ENV_MARGIN = 0.3  # allowed excursion beyond the envelope: this share of its width ...
-ENV_DEVS = 5.0  # ... plus this many scales; a lone reading must be 1 / RANGE_POINT times as far
-RANGE_POINT = 0.5  # out as the level (counts: a lone count never counts here)
+ENV_DEVS = 5.0  # ... plus this many scales
 REPEAT_TOL = 0.25  # a step below this many scales counts as "not moving"
 REPEAT_GAIN = 0.01
 STUCK_NATS = 12.0  # surprise (nats) of a run of repeats that makes a fault
@@ -179,15 +178,11 @@ class SensorDetector:
         s = z / self.cal.threshold
         if (x > self.hi or x < self.lo) and ts - self.t0 >= ENV_WARM:
             hi, lo = self.hi, self.lo
-            # how far the reading and the level both are outside (a drift), or a lone reading
-            # twice as far; for counts only the level (one count of a heavy tail is the
-            # residual's question)
-            far = x - hi if x > hi else lo - x
-            out = level - hi if x > hi else lo - level
-            if out > far:  # noqa: PLR1730 - the hot path avoids calls to min()/max()
-                out = far
-            if not self.counts and RANGE_POINT * far > out:
-                out = RANGE_POINT * far
+            out = x - hi if x > hi else lo - x
+            if self.counts:  # a count and the level both outside: one count of a heavy tail is
+                near = level - hi if x > hi else lo - level  # the residual's question
+                if near < out:  # noqa: PLR1730 - the hot path avoids calls to min()
+                    out = near
             e = out / (ENV_MARGIN * (hi - lo) + ENV_DEVS * dev)
             if e > s:  # noqa: PLR1730 - the hot path avoids calls to max()
                 s = e
@@ -449,12 +444,11 @@ class SensorDetector:
         why = _WHY_LEVEL
         hi, lo = self.hi, self.lo
         if (x > hi or x < lo) and ts - self.t0 >= ENV_WARM:
-            far = x - hi if x > hi else lo - x
-            out = level - hi if x > hi else lo - level
-            if out > far:  # noqa: PLR1730
-                out = far
-            if not counts and RANGE_POINT * far > out:
-                out = RANGE_POINT * far
+            out = x - hi if x > hi else lo - x
+            if counts:
+                near = level - hi if x > hi else lo - level
+                if near < out:  # noqa: PLR1730
+                    out = near
             e = out / (ENV_MARGIN * (hi - lo) + ENV_DEVS * dev)
             if e > s:
                 s = e
