@@ -50,7 +50,7 @@ _sqrt = math.sqrt
 _log = math.log
 
 WARMUP = 20  # readings collected before the first score (robust start: medians, not means)
-QUIET = 60  # readings scored and learned, but never reported anomalous (calibration)
+QUIET = 180  # readings scored and learned, but never reported anomalous (calibration)
 ALPHA = 0.25  # level gain on a normal reading
 ALPHA_FLAGGED = 0.05  # level gain on a flagged reading
 DEV_GAIN = 0.02  # gain of the typical step (the scale)
