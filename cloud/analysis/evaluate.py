@@ -1,4 +1,4 @@
-"""How good are the alerts? Event recall, precision, false alarms per stream-day, delay.
+"""How good are the alerts? Event recall, precision, false alarms per stream-day, delay, NAB.
 
 Ground truth is a set of labelled windows (the simulators' JSON-lines label file, or any CSV with
 `device,metric,start,end`); alerts are episodes (`device,metric,start,end`). A label is detected
@@ -6,6 +6,11 @@ when an episode of the same stream overlaps `[start, end + tolerance]`; its dela
 after `start` the first such episode opened (0 if one was already open). An episode that
 overlaps no label is a false alarm. Labels of kinds a value detector cannot see (a dropout has no
 values) are "don't care": they are not events, and episodes on them are neither true nor false.
+
+`nab_score` is the NAB-style score (Lavin & Ahmad 2015) of where episodes open, per stream or
+per device. Episodes come from production's own episode machine (`EpisodeRecorder` runs
+`cloud.alerts.episodes.EpisodeTracker` with the aggregator's `EpisodePolicy`), so the figures
+describe the alerts people get.
 
 Everything here is a pure function of its inputs, plus two small file loaders.
 """
