@@ -375,10 +375,10 @@ def report(
 
 
 def _merged(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Sorted spans with overlapping ones joined."""
+    """Sorted spans with overlapping ones joined (spans that only touch stay apart)."""
     out: list[tuple[float, float]] = []
     for a, b in sorted(spans):
-        if out and a <= out[-1][1]:
+        if out and a < out[-1][1]:
             out[-1] = (out[-1][0], max(out[-1][1], b))
         else:
             out.append((a, b))
