@@ -404,3 +404,11 @@ def test_torture_streams_are_seeded_and_long() -> None:
         span = first.points[-1][0] - first.points[0][0]
         assert span >= 29.0 * 86_400.0, shape
         assert all(b[0] > a[0] for a, b in zip(first.points, first.points[1:], strict=False)), shape
+
+
+def test_an_empty_label_file_is_no_events_not_an_error(tmp_path: Path) -> None:
+    """A demo stopped before its first fault began leaves an empty label file."""
+    empty = tmp_path / "labels.jsonl"
+    empty.write_text("")
+    assert load_windows(empty) == []
+    assert evaluate(load_windows(empty), [], stream_days=1.0).events == 0
