@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -131,6 +132,8 @@ def test_alert_queries_filter_get_by_prefix_and_ack(store: Store) -> None:
             value=60.0,
             expected_low=None,
             expected_high=None,
+            evidence="",
+            peak_ts=T0 + 25,
         )
         assert not store.close_alert(
             "bbbbbb333333",
@@ -252,3 +255,48 @@ def test_readonly_store_answers_queries_and_refuses_writes(tmp_path: Path) -> No
         path.parent.chmod(0o755)
     with pytest.raises(StoreError, match="no database"):
         Store(tmp_path / "missing.db", readonly=True)
+
+
+def test_a_schema_v1_store_migrates_and_its_alerts_read_without_reasons(tmp_path: Path) -> None:
+    import sqlite_utils  # noqa: PLC0415 - only this test builds an old schema by hand
+
+    from cloud.store.sqlite.store import MIGRATIONS  # noqa: PLC0415
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    MIGRATIONS[0](sqlite_utils.Database(conn))
+    old = alert("old1", "pi-1", start=T0)
+    conn.execute(
+        "INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (old.alert_id, old.device, old.sensor, old.metric, old.kind, old.state, old.start, old.end,
+         old.peak_score, old.value, old.expected_low, old.expected_high, old.severity, 0,
+         old.detector, old.msg_id, old.opened_at, None, None, "", ""),
+    )  # fmt: skip
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with Store(path) as store:
+        assert store.get_alert("old1") == old  # '' and None: the dataclass defaults
+        explained = dataclasses.replace(
+            alert("new1", "pi-1", start=T0 + 10),
+            anomaly_kind="spike",
+            evidence="value 50 C, 30 typical steps above the level 1.5 C",
+            opening_evidence="value 50 C, 30 typical steps above the level 1.5 C",
+            peak_ts=T0 + 10,
+        )
+        with store.transaction():
+            assert store.insert_alert(explained)
+        assert store.get_alert("new1") == explained
+        with store.transaction():
+            assert store.close_alert(
+                "new1", end=T0 + 20, closed_at=T0 + 21, peak_score=0.99, value=80.0, expected_low=1.0,
+                expected_high=2.0, evidence="value 80 C, 52 typical steps above the level 1.5 C",
+                peak_ts=T0 + 12,
+            )  # fmt: skip
+        closed = store.get_alert("new1")
+        assert (closed.anomaly_kind, closed.opening_evidence) == ("spike", explained.opening_evidence)
+        assert (closed.value, closed.evidence, closed.peak_ts) == (80.0, "value 80 C, 52 typical steps above the level 1.5 C", T0 + 12)
+        assert [a.alert_id for a in store.list_alerts()] == ["new1", "old1"]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    conn.close()

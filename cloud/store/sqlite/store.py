@@ -87,6 +87,13 @@ class AlertRecord:
     acked_at: float | None
     acked_by: str
     note: str
+    # Why (schema v2): the opening reading's kind, the peak reading's reason in the stream's
+    # units (the reading `value` and the expected range describe), the opening reading's
+    # reason, and when the peak was. Empty for silent alerts and alerts stored before v2.
+    anomaly_kind: str = ""
+    evidence: str = ""
+    opening_evidence: str = ""
+    peak_ts: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +268,16 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("checkpoint").create({"key": str, "value": float}, pk="key")
 
 
-MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (_v1,)
+def _v2(db: sqlite_utils.Database) -> None:
+    """Alerts say why: kind and evidence (see AlertRecord); older rows get '' and NULL."""
+    alerts = db.table("alerts")
+    alerts.add_column("anomaly_kind", str, not_null_default="")
+    alerts.add_column("evidence", str, not_null_default="")
+    alerts.add_column("opening_evidence", str, not_null_default="")
+    alerts.add_column("peak_ts", float)
+
+
+MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (_v1, _v2)
 """MIGRATIONS[i] upgrades a database from version i to i + 1; append, never edit."""
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -572,10 +588,11 @@ class Store:
     def insert_alert(self, a: AlertRecord) -> bool:
         """INSERT OR IGNORE by alert_id; False when this episode is already stored (a replay)."""
         cur = self._conn.execute(
-            "INSERT OR IGNORE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR IGNORE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (a.alert_id, a.device, a.sensor, a.metric, a.kind, a.state, a.start, a.end,
              a.peak_score, a.value, a.expected_low, a.expected_high, a.severity, int(a.late),
-             a.detector, a.msg_id, a.opened_at, a.closed_at, a.acked_at, a.acked_by, a.note),
+             a.detector, a.msg_id, a.opened_at, a.closed_at, a.acked_at, a.acked_by, a.note,
+             a.anomaly_kind, a.evidence, a.opening_evidence, a.peak_ts),
         )  # fmt: skip
         return cur.rowcount == 1
 
@@ -589,12 +606,16 @@ class Store:
         value: float | None,
         expected_low: float | None,
         expected_high: float | None,
+        evidence: str,
+        peak_ts: float | None,
     ) -> bool:
-        """Close an open episode; False if it was already closed (a replay) or is unknown."""
+        """Close an open episode with its peak's final figures; False if it was already closed
+        (a replay) or is unknown. The kind and opening reason were settled when it opened."""
         cur = self._conn.execute(
             "UPDATE alerts SET state = 'closed', end = ?, closed_at = ?, peak_score = ?, value = ?, "
-            "expected_low = ?, expected_high = ? WHERE alert_id = ? AND state = 'open'",
-            (end, closed_at, peak_score, value, expected_low, expected_high, alert_id),
+            "expected_low = ?, expected_high = ?, evidence = ?, peak_ts = ? "
+            "WHERE alert_id = ? AND state = 'open'",
+            (end, closed_at, peak_score, value, expected_low, expected_high, evidence, peak_ts, alert_id),
         )
         return cur.rowcount == 1
 
@@ -954,7 +975,8 @@ def _alert(r: dict[str, Any]) -> AlertRecord:
         r["alert_id"], r["device"], r["sensor"], r["metric"], r["kind"], r["state"], r["start"],
         r["end"], r["peak_score"], r["value"], r["expected_low"], r["expected_high"],
         r["severity"], bool(r["late"]), r["detector"], r["msg_id"], r["opened_at"],
-        r["closed_at"], r["acked_at"], r["acked_by"], r["note"],
+        r["closed_at"], r["acked_at"], r["acked_by"], r["note"], r["anomaly_kind"], r["evidence"],
+        r["opening_evidence"], r["peak_ts"],
     )  # fmt: skip
 
 

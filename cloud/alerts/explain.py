@@ -1,0 +1,75 @@
+"""An alert's reason in the stream's own units, whatever the detector managed to say.
+
+Detectors write evidence with the placeholder `{unit}` (they do not know units); the pipeline
+puts the series' unit in once, here, before the alert is stored or published. A detector that
+gives no evidence (river's, or any verdict without one) still yields a reason: where the value
+sits against the range the detector expected, or, when it sits inside it, that only the score
+says so. So no alert shows a value inside its own expected range without a word about why.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+UNIT: Final = "{unit}"
+
+
+def in_units(evidence: str, unit: str) -> str:
+    """Replace the `{unit}` placeholder (str.replace, not format: evidence may hold braces).
+
+    >>> in_units("value 239 {unit}, above 8.4 {unit}", "W")
+    'value 239 W, above 8.4 W'
+    >>> in_units("value 239 {unit}", "")
+    'value 239'
+    """
+    if unit:
+        return evidence.replace(UNIT, unit)
+    return evidence.replace(" " + UNIT, "").replace(UNIT, "")
+
+
+def _num(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def fallback_evidence(
+    value: float | None,
+    low: float | None,
+    high: float | None,
+    score: float,
+    detector: str,
+) -> str:
+    """A reason from the verdict's own numbers, for a detector that gave none (`{unit}` kept).
+
+    >>> fallback_evidence(239.0, 5.0, 11.0, 0.97, "ewma")
+    'value 239 {unit}, above the expected 5..11 {unit}'
+    >>> fallback_evidence(7.0, 5.0, 11.0, 0.61, "hst")
+    'value 7 {unit} is inside the expected 5..11 {unit}; the hst detector scored it 0.61 (0.5 is anomalous) and gave no other reason'
+    """
+    if value is None:
+        return f"score {score:.2f} (0.5 is anomalous); the {detector} detector gave no reason"
+    shown = f"value {_num(value)} {UNIT}"
+    if low is not None and high is not None:
+        expected = f"the expected {_num(low)}..{_num(high)} {UNIT}"
+        if value > high:
+            return f"{shown}, above {expected}"
+        if value < low:
+            return f"{shown}, below {expected}"
+        return (
+            f"{shown} is inside {expected}; the {detector} detector scored it {score:.2f}"
+            " (0.5 is anomalous) and gave no other reason"
+        )
+    return f"{shown}; the {detector} detector scored it {score:.2f} (0.5 is anomalous) and gave no reason"
+
+
+def explained(
+    evidence: str,
+    value: float | None,
+    low: float | None,
+    high: float | None,
+    score: float,
+    *,
+    detector: str,
+    unit: str,
+) -> str:
+    """The evidence to store and publish: the detector's own, else the fallback; in units."""
+    return in_units(evidence or fallback_evidence(value, low, high, score, detector), unit)
