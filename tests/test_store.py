@@ -143,6 +143,8 @@ def test_alert_queries_filter_get_by_prefix_and_ack(store: Store) -> None:
             value=60.0,
             expected_low=None,
             expected_high=None,
+            evidence="",
+            peak_ts=T0 + 25,
         )
     assert [a.alert_id for a in store.list_alerts()] == ["bbbbbb333333", "aaaaaa222222", "aaaaaa111111"]
     assert [a.alert_id for a in store.list_alerts(device="pi-1", state="open")] == ["aaaaaa111111"]
