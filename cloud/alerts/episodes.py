@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from cloud.alerts.explain import fallback_evidence
 from cloud.detect.base import Verdict
 from devices.model import AlertKind, AlertState
 
@@ -67,7 +68,7 @@ class Transition:
     expected_high: float | None
     msg_id: str  # the message that carried the opening reading
     kind: str = ""  # one of cloud.detect.base.ANOMALY_KINDS, or "" when the detector did not say
-    evidence: str = ""  # the peak reading's reason, with "{unit}" for the stream's unit
+    evidence: str = ""  # the peak reading's reason, "{unit}" for the unit (never empty, see explain)
     opening_evidence: str = ""
     peak_ts: float | None = None
 
@@ -134,7 +135,7 @@ class EpisodeTracker:
         self.phase = Phase.OPEN
         self.start = self.last_anomalous = ts
         self._peak(ts, value, verdict)
-        self.kind, self.opening_evidence = verdict.kind, verdict.evidence
+        self.kind, self.opening_evidence = verdict.kind, self.evidence
         self.normal_run = 0
         self.msg_id = msg_id
         return self._transition(AlertState.OPEN, None)
@@ -150,8 +151,8 @@ class EpisodeTracker:
         # keeping an earlier reading's range beside this value is how an alert came to show an
         # "expected" range far from anything the stream did.
         self.peak_score, self.peak_value, self.peak_ts = verdict.score, value, ts
-        self.expected_low, self.expected_high = verdict.expected_low, verdict.expected_high
-        self.evidence = verdict.evidence
+        low, high = self.expected_low, self.expected_high = verdict.expected_low, verdict.expected_high
+        self.evidence = verdict.evidence or fallback_evidence(value, low, high, verdict.score)
 
     def _settle(self, ts: float, value: float, verdict: Verdict, msg_id: str) -> Transition | None:
         if self.normal_run == 0:

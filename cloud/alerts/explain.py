@@ -1,10 +1,11 @@
 """An alert's reason in the stream's own units, whatever the detector managed to say.
 
 Detectors write evidence with the placeholder `{unit}` (they do not know units); the pipeline
-puts the series' unit in once, here, before the alert is stored or published. A detector that
-gives no evidence (river's, or any verdict without one) still yields a reason: where the value
-sits against the range the detector expected, or, when it sits inside it, that only the score
-says so. So no alert shows a value inside its own expected range without a word about why.
+puts the series' unit in with `in_units` before the alert is stored or published. A detector
+that gives no evidence (river's, or any verdict without one) still yields a reason, filled in by
+the episode machine: where the value sits against the range the detector expected, or, when it
+sits inside, that only the score flags it. So no alert shows a value inside its own expected
+range without a word about why.
 """
 
 from __future__ import annotations
@@ -31,45 +32,20 @@ def _num(value: float) -> str:
     return f"{value:.4g}"
 
 
-def fallback_evidence(
-    value: float | None,
-    low: float | None,
-    high: float | None,
-    score: float,
-    detector: str,
-) -> str:
+def fallback_evidence(value: float, low: float | None, high: float | None, score: float) -> str:
     """A reason from the verdict's own numbers, for a detector that gave none (`{unit}` kept).
 
-    >>> fallback_evidence(239.0, 5.0, 11.0, 0.97, "ewma")
+    >>> fallback_evidence(239.0, 5.0, 11.0, 0.97)
     'value 239 {unit}, above the expected 5..11 {unit}'
-    >>> fallback_evidence(7.0, 5.0, 11.0, 0.61, "hst")
-    'value 7 {unit} is inside the expected 5..11 {unit}; the hst detector scored it 0.61 (0.5 is anomalous) and gave no other reason'
+    >>> fallback_evidence(7.0, 5.0, 11.0, 0.61)
+    'value 7 {unit}, inside the expected 5..11 {unit}: only the detector\'s score (0.61, 0.5 is anomalous) flags it'
     """
-    if value is None:
-        return f"score {score:.2f} (0.5 is anomalous); the {detector} detector gave no reason"
     shown = f"value {_num(value)} {UNIT}"
-    if low is not None and high is not None:
-        expected = f"the expected {_num(low)}..{_num(high)} {UNIT}"
-        if value > high:
-            return f"{shown}, above {expected}"
-        if value < low:
-            return f"{shown}, below {expected}"
-        return (
-            f"{shown} is inside {expected}; the {detector} detector scored it {score:.2f}"
-            " (0.5 is anomalous) and gave no other reason"
-        )
-    return f"{shown}; the {detector} detector scored it {score:.2f} (0.5 is anomalous) and gave no reason"
-
-
-def explained(
-    evidence: str,
-    value: float | None,
-    low: float | None,
-    high: float | None,
-    score: float,
-    *,
-    detector: str,
-    unit: str,
-) -> str:
-    """The evidence to store and publish: the detector's own, else the fallback; in units."""
-    return in_units(evidence or fallback_evidence(value, low, high, score, detector), unit)
+    if low is None or high is None:
+        return f"{shown}: only the detector's score ({score:.2f}, 0.5 is anomalous) flags it"
+    expected = f"the expected {_num(low)}..{_num(high)} {UNIT}"
+    if value > high:
+        return f"{shown}, above {expected}"
+    if value < low:
+        return f"{shown}, below {expected}"
+    return f"{shown}, inside {expected}: only the detector's score ({score:.2f}, 0.5 is anomalous) flags it"
