@@ -90,9 +90,8 @@ def test_tracker_state_round_trips_through_json() -> None:
 
 def test_the_peak_shows_its_own_range_and_reason_and_the_opening_kind_stays() -> None:
     tracker = EpisodeTracker(EpisodePolicy(close_after=2, close_after_seconds=0))
-    opened = tracker.observe(
-        10.0, 0.0, Verdict(0.7, True, 807.0, 906.5, "level_shift", "value 0 {unit}, 40 steps below"), msg_id="m"
-    )
+    shift = Verdict(0.7, True, 807.0, 906.5, "level_shift", "value 0 {unit}, 40 steps below")
+    opened = tracker.observe(10.0, 0.0, shift, msg_id="m")
     # The peak's verdict has no range: the opening's 807..906.5 must not stay beside its value.
     tracker.observe(11.0, -486.0, Verdict(0.99, True, None, None, "dip", "value -486 {unit}, far below"))
     tracker.observe(12.0, 0.0, Verdict(0.8, True, 0.0, 1.0, "level_shift", "smaller"))  # not a peak
@@ -103,7 +102,8 @@ def test_the_peak_shows_its_own_range_and_reason_and_the_opening_kind_stays() ->
         "level_shift", "value 0 {unit}, 40 steps below", "value 0 {unit}, 40 steps below", 10.0,
     )  # fmt: skip
     assert (opened.value, opened.expected_low, opened.expected_high) == (0.0, 807.0, 906.5)
-    assert (closed.value, closed.peak_ts, closed.expected_low, closed.expected_high) == (-486.0, 11.0, None, None)
+    assert (closed.value, closed.peak_ts) == (-486.0, 11.0)
+    assert (closed.expected_low, closed.expected_high) == (None, None)
     assert (closed.kind, closed.evidence) == ("level_shift", "value -486 {unit}, far below")
     assert closed.opening_evidence == "value 0 {unit}, 40 steps below"
 
@@ -119,7 +119,11 @@ def test_the_peak_shows_its_own_range_and_reason_and_the_opening_kind_stays() ->
             "value 5 {unit}, inside the expected 0..10 {unit}: only the detector's score (0.60, 0.5 is"
             " anomalous) flags it",
         ),
-        (5.0, Verdict(0.6, True), "value 5 {unit}: only the detector's score (0.60, 0.5 is anomalous) flags it"),
+        (
+            5.0,
+            Verdict(0.6, True),
+            "value 5 {unit}: only the detector's score (0.60, 0.5 is anomalous) flags it",
+        ),
     ],
 )
 def test_a_verdict_without_evidence_still_gets_a_reason(value: float, verdict: Verdict, reason: str) -> None:

@@ -37,8 +37,9 @@ def fallback_evidence(value: float, low: float | None, high: float | None, score
 
     >>> fallback_evidence(239.0, 5.0, 11.0, 0.97)
     'value 239 {unit}, above the expected 5..11 {unit}'
-    >>> fallback_evidence(7.0, 5.0, 11.0, 0.61)
-    'value 7 {unit}, inside the expected 5..11 {unit}: only the detector\'s score (0.61, 0.5 is anomalous) flags it'
+    >>> print(fallback_evidence(7.0, 5.0, 11.0, 0.61).replace(": ", ":\n"))
+    value 7 {unit}, inside the expected 5..11 {unit}:
+    only the detector's score (0.61, 0.5 is anomalous) flags it
     """
     shown = f"value {_num(value)} {UNIT}"
     if low is None or high is None:
