@@ -463,8 +463,11 @@ def plot_png(plot: AlertPlot, *, width: int = 1200, height: int = 600) -> bytes:
     except ImportError as exc:
         raise PlotUnavailable("writing a PNG needs matplotlib: pip install 'edgewatch[cloud]'") from exc
 
-    def when(x: float) -> datetime:
-        return datetime.fromtimestamp(plot.start + x * plot.scale, UTC)
+    # matplotlib's date axis counts days from its epoch; its dates module has no type hints.
+    epoch_days = float(mdates.date2num(datetime.fromtimestamp(0, UTC)))  # type: ignore[no-untyped-call]
+
+    def when(x: float) -> float:
+        return epoch_days + (plot.start + x * plot.scale) / 86_400.0
 
     dpi = 100
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, layout="constrained")
@@ -507,11 +510,11 @@ def plot_png(plot: AlertPlot, *, width: int = 1200, height: int = 600) -> bytes:
         px, py = plot.peak
         ax.plot(
             [when(px)], [py], ls="none", marker="o", ms=11, mfc="none", mec="black", mew=1.8,
-            label=f"{PEAK_LABEL} {py:.4g}{unit} at {when(px):%H:%M:%S} UTC",
+            label=f"{PEAK_LABEL} {py:.4g}{unit} at {clock(plot.start + px * plot.scale)[11:]} UTC",
         )  # fmt: skip
-    locator = mdates.AutoDateLocator(tz=UTC)
+    locator = mdates.AutoDateLocator(tz=UTC)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))  # type: ignore[no-untyped-call]
     ax.set_xlim(when((plot.since - plot.start) / plot.scale), when((plot.until - plot.start) / plot.scale))
     ax.set_ylim(y_lo, y_hi)
     ax.set_xlabel("time (UTC)")
