@@ -125,11 +125,19 @@ def test_the_plot_model_shows_the_window_the_range_and_the_peak_where_they_were(
     assert plot.expected == (19.0, 21.0)
     assert plot.peak == (pytest.approx(10 / 60), 35.0)
     assert (plot.start + plot.peak[0] * plot.scale) == pytest.approx(T + 40)
-    assert plot.explanation == WHY and plot.title == "pi-1 sys/temp: spike (closed)"
+    assert plot.explanation == (f"peak: {WHY}",) and plot.title == "pi-1 sys/temp: spike (closed)"
     assert plot.ylabel == "temp (C)" and plot.unit == "C"
     lo, hi = plot.ylim
     assert (min(plot.ys), max(plot.ys)) == (20.0, 35.0)
     assert lo < 19.0 and hi > 35.0  # every reading and the whole range are in view
+
+
+def test_the_plot_explains_the_peak_and_the_opening_when_they_differ() -> None:
+    opened = "value 30 C, 20 typical steps above the level 20 C"
+    a = alert(start=T, evidence=WHY, opening_evidence=opened, anomaly_kind="spike")
+    plot = views.alert_plot(a, readings(T - 60, 120), T - 60, T + 60)
+    assert plot.explanation == (f"peak: {WHY}", f"opened 22:13:20 UTC: {opened}")
+    assert views.alert_plot(alert(), readings(T - 60, 120), T - 60, T + 60).explanation == ()
 
 
 def test_the_plot_model_widens_a_one_reading_window_and_finds_an_older_alerts_peak() -> None:

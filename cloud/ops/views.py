@@ -281,7 +281,7 @@ class AlertPlot:
     """
 
     title: str
-    explanation: str  # the reason, whole ("" for alerts stored before alerts said why)
+    explanation: tuple[str, ...]  # the peak's reason, and the opening's if it differs (whole)
     xlabel: str
     ylabel: str
     unit: str
@@ -345,6 +345,14 @@ def _peak_ts(alert: AlertRecord, readings: Sequence[StoredReading], end: float) 
     return next((r.ts for r in readings if alert.start <= r.ts <= end and r.value == alert.value), None)
 
 
+def _explanation(alert: AlertRecord) -> tuple[str, ...]:
+    peak = alert.evidence or alert.opening_evidence
+    lines = (f"peak: {peak}",) if peak else ()
+    if alert.opening_evidence and alert.opening_evidence != peak:
+        lines += (f"opened {clock(alert.start)[11:]} UTC: {alert.opening_evidence}",)
+    return lines
+
+
 def alert_plot(
     alert: AlertRecord, readings: Sequence[StoredReading], since: float, until: float
 ) -> AlertPlot:
@@ -371,7 +379,7 @@ def alert_plot(
     grow = max(0.0, MIN_SHADE * (x_hi - x_lo) - (window[1] - window[0])) / 2
     return AlertPlot(
         title=f"{alert.device} {alert.sensor}/{alert.metric}: {what} ({state}{late})",
-        explanation=alert.evidence or alert.opening_evidence,
+        explanation=_explanation(alert),
         xlabel=f"{unit_name} from alert start ({clock(alert.start)} UTC)",
         ylabel=f"{alert.metric} ({unit})" if unit else alert.metric,
         unit=unit,
@@ -522,10 +530,8 @@ def plot_png(plot: AlertPlot, *, width: int = 1200, height: int = 600) -> bytes:
     ax.grid(True, color="#dddddd", lw=0.6)
     ax.legend(loc="best", fontsize="small", framealpha=0.9)
     columns = max(40, width // 8)
-    ax.set_title(
-        "\n".join(textwrap.wrap(plot.explanation, columns)[:3]) or "(no reason stored for this alert)",
-        loc="left", fontsize="medium",
-    )  # fmt: skip
+    lines = [part for line in plot.explanation for part in textwrap.wrap(line, columns)[:2]]
+    ax.set_title("\n".join(lines) or "(no reason stored for this alert)", loc="left", fontsize="medium")
     fig.suptitle(plot.title, x=0.01, ha="left", fontweight="bold")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
