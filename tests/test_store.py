@@ -13,7 +13,7 @@ import sqlite_utils
 
 from cloud.errors import NotFound, SchemaTooNew, StoreError
 from cloud.ingest.pipeline import DeadLetter, Inbound, Pipeline, PipelineSettings
-from cloud.store.sqlite.store import MIGRATIONS, SCHEMA_VERSION, AlertRecord, Store
+from cloud.store.sqlite.store import MIGRATIONS, SCHEMA_VERSION, AlertRecord, Store, _v3_alert_reasons
 from devices import wire
 from devices.model import Status, StatusEvent
 
@@ -260,10 +260,12 @@ def test_readonly_store_answers_queries_and_refuses_writes(tmp_path: Path) -> No
         Store(tmp_path / "missing.db", readonly=True)
 
 
-def test_a_schema_v1_store_migrates_and_its_alerts_read_without_reasons(tmp_path: Path) -> None:
-    path = tmp_path / "v1.db"
+def test_a_store_from_before_alert_reasons_migrates_and_its_alerts_read_without_them(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
-    MIGRATIONS[0](sqlite_utils.Database(conn))
+    before = MIGRATIONS.index(_v3_alert_reasons)
+    for migration in MIGRATIONS[:before]:
+        migration(sqlite_utils.Database(conn))
     old = alert("old1", "pi-1", start=T0)
     conn.execute(
         "INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -271,7 +273,7 @@ def test_a_schema_v1_store_migrates_and_its_alerts_read_without_reasons(tmp_path
          old.peak_score, old.value, old.expected_low, old.expected_high, old.severity, 0,
          old.detector, old.msg_id, old.opened_at, None, None, "", ""),
     )  # fmt: skip
-    conn.execute("PRAGMA user_version = 1")
+    conn.execute(f"PRAGMA user_version = {before}")
     conn.commit()
     conn.close()
     with Store(path) as store:
@@ -298,5 +300,5 @@ def test_a_schema_v1_store_migrates_and_its_alerts_read_without_reasons(tmp_path
         assert closed.evidence == "value 80 C, 52 typical steps above the level 1.5 C"
         assert [a.alert_id for a in store.list_alerts()] == ["new1", "old1"]
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()

@@ -347,10 +347,10 @@ def _peak_ts(alert: AlertRecord, readings: Sequence[StoredReading], end: float) 
 
 def _explanation(alert: AlertRecord) -> tuple[str, ...]:
     peak = alert.evidence or alert.opening_evidence
-    lines = (f"peak: {peak}",) if peak else ()
+    lines = [f"peak: {peak}"] if peak else []
     if alert.opening_evidence and alert.opening_evidence != peak:
-        lines += (f"opened {clock(alert.start)[11:]} UTC: {alert.opening_evidence}",)
-    return lines
+        lines.append(f"opened {clock(alert.start)[11:]} UTC: {alert.opening_evidence}")
+    return tuple(lines)
 
 
 def alert_plot(

@@ -14,6 +14,7 @@ Layout (schema version in `PRAGMA user_version`, upgraded by `MIGRATIONS` in ord
     alerts         one row per episode; `alert_id` is deterministic, so a replay cannot double
     alert_outbox   alert messages to publish; deleted once the broker has them (at least once)
     detector_state checkpointed detector and episode state per series, plus `checkpoint` keys
+    rejected_checkpoints  checkpoints that could not be restored, kept aside with the reason
 
 Timestamps are unix seconds (REAL). The write path is plain sqlite3 `executemany` inside one
 `BEGIN IMMEDIATE` transaction per batch (WAL, synchronous=NORMAL: a committed row survives a
@@ -87,7 +88,7 @@ class AlertRecord:
     acked_at: float | None
     acked_by: str
     note: str
-    # Why (schema v2): the opening reading's kind, the peak reading's reason in the stream's
+    # Why (schema v3): the opening reading's kind, the peak reading's reason in the stream's
     # units (the reading `value` and the expected range describe), the opening reading's
     # reason, and when the peak was. Empty for silent alerts and alerts stored before v2.
     anomaly_kind: str = ""
@@ -268,7 +269,16 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("checkpoint").create({"key": str, "value": float}, pk="key")
 
 
-def _v2(db: sqlite_utils.Database) -> None:
+def _v2_rejected_checkpoints(db: sqlite_utils.Database) -> None:
+    """Checkpoints that could not be restored, kept for inspection instead of stopping the start."""
+    db.table("rejected_checkpoints").create(
+        {"id": int, "series_id": int, "detector": str, "blob": bytes, "tracker": str,
+         "reason": str, "rejected_at": float},
+        pk="id", not_null={"series_id", "detector", "blob", "tracker", "reason", "rejected_at"},
+    )  # fmt: skip
+
+
+def _v3_alert_reasons(db: sqlite_utils.Database) -> None:
     """Alerts say why: kind and evidence (see AlertRecord); older rows get '' and NULL."""
     alerts = db.table("alerts")
     alerts.add_column("anomaly_kind", str, not_null_default="")
@@ -277,7 +287,11 @@ def _v2(db: sqlite_utils.Database) -> None:
     alerts.add_column("peak_ts", float)
 
 
-MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (_v1, _v2)
+MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (
+    _v1,
+    _v2_rejected_checkpoints,
+    _v3_alert_reasons,
+)
 """MIGRATIONS[i] upgrades a database from version i to i + 1; append, never edit."""
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -667,6 +681,25 @@ class Store:
             )
         ]
         return watermark, streams
+
+    def reject_checkpoint(self, checkpoint: StreamCheckpoint, reason: str, now: float) -> None:
+        """Move an unrestorable checkpoint aside (`rejected_checkpoints`); call in a transaction."""
+        self._conn.execute(
+            "INSERT INTO rejected_checkpoints(series_id, detector, blob, tracker, reason, rejected_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (checkpoint.series_id, checkpoint.detector, checkpoint.blob, checkpoint.tracker, reason, now),
+        )
+        self._conn.execute("DELETE FROM detector_state WHERE series_id = ?", (checkpoint.series_id,))
+
+    @_translated
+    def rejected_checkpoints(self) -> list[tuple[int, str, str, float]]:
+        """(series_id, detector, reason, rejected_at) of every checkpoint kept aside, oldest first."""
+        return [
+            (int(s), str(d), str(r), float(t))
+            for s, d, r, t in self._conn.execute(
+                "SELECT series_id, detector, reason, rejected_at FROM rejected_checkpoints ORDER BY id"
+            )
+        ]
 
     def readings_after(self, watermark: int, chunk: int = 10_000) -> Iterator[ReplayRow]:
         """Stored readings past the checkpoint, in the order they were first processed."""
