@@ -414,7 +414,8 @@ def thin(readings: Sequence[StoredReading], max_points: int = 4000) -> list[Stor
 
 def plot_text(plot: AlertPlot, *, width: int = 100, height: int = 24, color: bool = True) -> str:
     """The plot as terminal text (plotext): the series, the anomaly window as two vertical
-    lines, the expected range as two horizontal lines, each named in the legend."""
+    lines, the expected range as two horizontal lines, the peak reading as a dot, each named
+    in the legend."""
     import plotext as plt  # noqa: PLC0415 - only `alerts show` draws: list and devices need not load it
 
     fig = plt.figure
@@ -436,6 +437,10 @@ def plot_text(plot: AlertPlot, *, width: int = 100, height: int = 24, color: boo
             low, "horizontal", pixel="green", style="dotted", label=f"{EXPECTED_LABEL} {low:.4g}..{high:.4g}"
         )
         fig.line(high, "horizontal", pixel="green", style="dotted")
+    if plot.peak is not None:
+        peak = fig.signal([plot.peak[0]], [plot.peak[1]], marker="●")
+        peak.label(f"{PEAK_LABEL} {plot.peak[1]:.4g}{f' {plot.unit}' if plot.unit else ''}")
+        fig.draw(peak)
     fig.title(plot.title)
     fig.label(plot.xlabel)
     try:
