@@ -487,6 +487,54 @@ def test_read_only_store_refuses_writes(fleet: Fleet) -> None:
             store.ack_alert(alert.alert_id, now=time.time())
 
 
+def _copy_of(db: Path, where: Path) -> Path:
+    """A consistent copy of the live store (SQLite's backup API), closed: no -wal, no -shm."""
+    where.mkdir(parents=True, exist_ok=True)
+    copy = where / "copy.db"
+    src, dst = sqlite3.connect(db), sqlite3.connect(copy)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    return copy
+
+
+def _every_read_command(db: Path) -> None:
+    some = cli_json("alerts", "list", "--db", str(db))
+    assert some
+    for args in (
+        ("alerts", "list"),
+        ("alerts", "show", some[0]["alert_id"]),
+        ("devices", "list"),
+        ("devices", "show", "f-0"),
+    ):
+        result = cli(*args, "--db", str(db))
+        assert result.exit_code == 0, (args, result.output)
+    words = f"edgewatch alerts show --db {db} "
+    cli(env={"_EDGEWATCH_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "5"})
+
+
+def test_operator_commands_never_write_the_store(fleet: Fleet, tmp_path: Path) -> None:
+    """Read commands open the store read-only: no byte changes, no -wal or -shm appears."""
+    import hashlib
+
+    copy = _copy_of(fleet.db, tmp_path / "ro")
+    before = hashlib.sha256(copy.read_bytes()).hexdigest()
+    _every_read_command(copy)
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["copy.db"]
+
+
+def test_operator_commands_work_on_a_read_only_filesystem(
+    fleet: Fleet, tmp_path: Path, small_filesystem: Any
+) -> None:
+    where = small_filesystem(16 * 1024 * 1024)
+    copy = _copy_of(fleet.db, where / "store")
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+    _every_read_command(copy)
+
+
 # ---------------------------------------------------------------------------------------------
 # ack (writes beside the running aggregator), last so the other tests see unacked alerts
 

@@ -121,27 +121,27 @@ def _duration(value: str, name: str) -> float:
         raise typer.BadParameter(str(exc), param_hint=name) from None
 
 
-def _complete(sql: str) -> Callable[[typer.Context, str], list[str]]:
+def _complete(kind: str) -> Callable[[typer.Context, str], list[str]]:
     """Shell completion from the store named on the command line so far; silent on any error."""
 
     def complete(ctx: typer.Context, incomplete: str) -> list[str]:
         try:
-            from cloud.store.sqlite.queries import open_store
+            from cloud.store.sqlite import queries
 
-            store = open_store(_db_path(ctx.params.get("db"), ctx.params.get("config")))
+            store = queries.open_store(_db_path(ctx.params.get("db"), ctx.params.get("config")))
             try:
-                rows = store.db.execute(sql, [incomplete + "%"]).fetchall()
+                find = queries.alert_ids if kind == "alert" else queries.device_ids
+                return find(store, incomplete)
             finally:
                 store.close()
         except Exception:  # completion must never print a traceback into the shell
             return []
-        return [str(r[0]) for r in rows]
 
     return complete
 
 
-_complete_alert = _complete("SELECT alert_id FROM alerts WHERE alert_id LIKE ? ORDER BY start DESC LIMIT 50")
-_complete_device = _complete("SELECT device FROM devices WHERE device LIKE ? ORDER BY device LIMIT 200")
+_complete_alert = _complete("alert")
+_complete_device = _complete("device")
 
 DbOpt = Annotated[
     Path | None,

@@ -301,9 +301,7 @@ def _connect(path: Path, *, synchronous: str, create: bool, readonly: bool) -> s
         raise StoreError(f"no database at {path}")
     try:
         if readonly:
-            conn = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-            )
+            conn = connect_readonly(path)
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
     except sqlite3.Error as exc:
@@ -327,6 +325,20 @@ def _connect(path: Path, *, synchronous: str, create: bool, readonly: bool) -> s
     except sqlite3.Error as exc:
         conn.close()
         raise StoreError(f"cannot use database {path}: {exc}") from exc
+    return conn
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that never writes anything: not the database, not a -wal or -shm file.
+
+    With a writer at work (its -wal file exists) `mode=ro` reads beside it through the writer's
+    shared memory. Without one, `mode=ro` would still create -wal and -shm files (or fail on a
+    read-only directory), so the file is opened `immutable`: nothing writes it meanwhile.
+    """
+    uri = path.resolve().as_uri()
+    mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+    conn = sqlite3.connect(f"{uri}?{mode}", uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA query_only = ON")
     return conn
 
 
@@ -413,7 +425,9 @@ class Store:
         self._series_info: dict[int, SeriesInfo] = {}
         self._next_message_id = 0
         self._next_reading_id = 0
-        self._load_ids()
+        self.readonly = readonly
+        if not readonly:  # an operator's read needs none of the writer's id caches
+            self._load_ids()
 
     def _load_ids(self) -> None:
         self._sources = {(d, e): i for i, d, e in self._conn.execute("SELECT id, device, epoch FROM sources")}
@@ -498,9 +512,20 @@ class Store:
         return rows
 
     def find_series(self, device: str, sensor: str, metric: str) -> int | None:
+        if self.readonly:
+            sql = "SELECT id FROM series WHERE device = ? AND sensor = ? AND metric = ?"
+            row = self._conn.execute(sql, (device, sensor, metric)).fetchone()
+            return int(row[0]) if row else None
         return self._series.get((device, sensor, metric))
 
     def series_info(self, series_id: int) -> SeriesInfo:
+        if self.readonly:
+            row = self._conn.execute(
+                "SELECT id, device, sensor, metric, unit FROM series WHERE id = ?", (series_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"series {series_id} does not exist")
+            return SeriesInfo(int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4] or ""))
         return self._series_info[series_id]
 
     def next_message_id(self) -> int:
