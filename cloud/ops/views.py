@@ -30,7 +30,7 @@ SPARK_CHARS: Final = "▁▂▃▄▅▆▇█"
 WINDOW_LABEL: Final = "anomaly window"
 EXPECTED_LABEL: Final = "expected range"
 PEAK_LABEL: Final = "peak"
-WHY_WIDTH: Final = 48  # characters of the reason in `alerts list`; `show` prints it whole
+WHY_WIDTH: Final = 40  # characters of the reason in `alerts list`; `show` prints it whole
 _SILENT_WHY: Final = {
     "timeout": "nothing heard past its usual interval",
     "will": "its last will arrived: the connection dropped",
@@ -183,6 +183,15 @@ def _ack_text(alert: AlertRecord) -> Text:
     return Text(f"✓ acked{who}", style="cyan")
 
 
+def _cut(text: str, width: int) -> str:
+    """At most `width` characters, the last one an ellipsis if anything was cut.
+
+    >>> _cut("spike: value 239 W", 12), _cut("dip", 12)
+    ('spike: valu…', 'dip')
+    """
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def alerts_table(alerts: Sequence[AlertRecord], now: float) -> Table:
     """Newest first as given; open alerts in bold red, acknowledged ones marked."""
     table = Table(title=f"{len(alerts)} alert{'s' if len(alerts) != 1 else ''}", title_justify="left")
@@ -200,10 +209,7 @@ def alerts_table(alerts: Sequence[AlertRecord], now: float) -> Table:
         ("why", "left"),
         ("ack", "left"),
     ):
-        if name == "why":  # one line each, cut by the table: `show` prints it whole
-            table.add_column(name, max_width=WHY_WIDTH, no_wrap=True, overflow="ellipsis")
-        else:
-            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for a in alerts:
         reason = why(a)
         metric = f"{a.sensor}/{a.metric}" if a.sensor and a.metric else (a.metric or "-")
@@ -219,7 +225,7 @@ def alerts_table(alerts: Sequence[AlertRecord], now: float) -> Table:
             f"{a.peak_score:.2f}",
             _num(a.value),
             _expected(a),
-            reason or "-",
+            _cut(reason, WHY_WIDTH) or "-",
             _ack_text(a),
             style="bold" if a.state == "open" and a.acked_at is None else None,
         )
