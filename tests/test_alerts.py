@@ -108,6 +108,13 @@ def test_the_peak_shows_its_own_range_and_reason_and_the_opening_kind_stays() ->
     assert closed.opening_evidence == "value 0 {unit}, 40 steps below"
 
 
+def test_an_older_reading_arriving_late_never_ends_an_episode_before_it_began() -> None:
+    tracker = EpisodeTracker(EpisodePolicy(close_after=2, close_after_seconds=0))
+    feed(tracker, [(1000, 50, bad()), (10, 5, NORMAL)])  # an agent's resend of an old reading
+    closed = tracker.observe(1001, 5, NORMAL)
+    assert closed is not None and (closed.start, closed.end) == (1000, 1000)
+
+
 @pytest.mark.parametrize(
     ("value", "verdict", "reason"),
     [

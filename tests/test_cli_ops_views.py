@@ -91,6 +91,8 @@ def test_plot_range_covers_the_episode_and_a_margin() -> None:
     assert views.plot_range(alert(), 600) == (1_700_000_000.0 - 600, 1_700_000_060.0 + 600)
     long = alert(end=1_700_003_600.0)
     assert views.plot_range(long, 60) == (1_700_000_000.0 - 3600, 1_700_003_600.0 + 3600)
+    backwards = alert(end=1_700_000_000.0 - 1800)  # stored before the tracker kept end >= start
+    assert views.plot_range(backwards, 60) == (1_700_000_000.0 - 60, 1_700_000_000.0 + 60)
     still_open = alert(state="open", end=None)
     assert views.plot_range(still_open, 60, last_ts=1_700_000_030.0) == (
         1_700_000_000.0 - 60,

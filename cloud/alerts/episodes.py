@@ -156,7 +156,9 @@ class EpisodeTracker:
 
     def _settle(self, ts: float, value: float, verdict: Verdict, msg_id: str) -> Transition | None:
         if self.normal_run == 0:
-            self.recovered_at = ts
+            # An older reading arriving late on the live topic (an agent's resend) cannot end
+            # the episode before it began: seen in the demo, an alert ending 30 min before its start.
+            self.recovered_at = max(ts, self.last_anomalous)
         self.normal_run += 1
         quiet_for = ts - self.last_anomalous
         if self.normal_run < self.policy.close_after and not (

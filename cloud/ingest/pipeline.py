@@ -380,9 +380,8 @@ class _Stream:
 
         A flagged one gets what the live detector would say of it now (range, kind, evidence)
         from a throwaway copy of its checkpoint (a restored detector gives exactly the
-        original's verdicts): about 20 us for the default detector (measured interpreted), paid
-        only for flagged backlog readings.
-        A normal one needs only its score.
+        original's verdicts): one checkpoint round trip, paid only for flagged backlog readings;
+        a normal one needs only its score.
         """
         if score < threshold:
             return Verdict(score, False)

@@ -307,7 +307,7 @@ class AlertPlot:
 def plot_range(alert: AlertRecord, margin: float, *, last_ts: float | None = None) -> tuple[float, float]:
     """[since, until) to fetch around an alert: the episode (still open: up to the newest
     reading) plus `margin`, or at least the episode's length, on each side."""
-    end = alert.end if alert.end is not None else max(alert.start, last_ts or alert.start)
+    end = max(alert.start, alert.end if alert.end is not None else last_ts or alert.start)
     pad = max(margin, end - alert.start)
     return alert.start - pad, end + pad
 
@@ -367,6 +367,7 @@ def alert_plot(
     end = alert.end
     if end is None:
         end = max([alert.start, *(r.ts for r in readings if r.ts >= alert.start)])
+    end = max(end, alert.start)  # stored before the episode machine kept end >= start
     expected = None
     if alert.expected_low is not None and alert.expected_high is not None:
         expected = (alert.expected_low, alert.expected_high)
@@ -473,8 +474,8 @@ def plot_png(plot: AlertPlot, *, width: int = 1200, height: int = 600) -> bytes:
     expected range as the detector held it during the window, the peak reading circled, the
     reason in the title, UTC times and the unit on the axes.
 
-    matplotlib loads here only (about 0.5 s measured): `alerts list` and the aggregator never
-    import it.
+    matplotlib is imported here only (it takes a moment to load): `alerts list`, `show` without
+    `--png` and the aggregator never load it.
     """
     try:
         from matplotlib import dates as mdates  # noqa: PLC0415 - see the docstring
