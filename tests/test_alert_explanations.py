@@ -1,4 +1,5 @@
-"""Alerts say why, end to end through real parts: a publisher's spike through a private mosquitto,
+"""Alerts say why, end to end through real parts: a publisher's spike (and, from a backlog on the
+backfill topic, a dip: a late alert) through a private mosquitto,
 the in-process aggregator, the SQLite store, `alerts list --json`, and `alerts follow --json`
 as a subprocess reading the alerts topic.
 
@@ -74,7 +75,7 @@ def test_a_spike_through_the_broker_arrives_with_its_kind_and_evidence_everywher
     broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(cloud.detect.DETECTORS, "level", "tests.test_alert_explanations:LevelDetector")
-    follower, out, err = start_follower(broker, tmp_path, "--device", "x-1", "--json", "--count", "2")
+    follower, out, err = start_follower(broker, tmp_path, "--device", "x-1", "--json", "--count", "4")
     db = tmp_path / "cloud.db"
     rng = random.Random(7)
     t0 = time.time() - 400
@@ -82,6 +83,12 @@ def test_a_spike_through_the_broker_arrives_with_its_kind_and_evidence_everywher
         (i + 1, t0 + i, "meter", "power", round(20 + 0.2 * math.sin(i / 15) + rng.gauss(0, 0.02), 3)
          + (15.2 if i == SPIKE_AT else 0.0), "W")
         for i in range(300)
+    ]  # fmt: skip
+    # Then the outbox's backlog from an outage, on the backfill topic, with a dip: a late alert.
+    backlog = [
+        (301 + i, t0 - 100 + i, "meter", "power", round(20 + rng.gauss(0, 0.02), 3)
+         - (9.0 if i == 20 else 0.0), "W")
+        for i in range(40)
     ]  # fmt: skip
     try:
         wait_for(lambda: "connected" in err.read_text() or follower.poll() is not None, what="follower up")
@@ -91,7 +98,9 @@ def test_a_spike_through_the_broker_arrives_with_its_kind_and_evidence_everywher
             try:
                 for lo in range(0, len(rows), 20):
                     agent.publish("x-1", "e1", rows[lo : lo + 20])
-                wait_for(lambda: follower.poll() is not None, what="the follower's OPEN and CLOSED lines")
+                wait_for(lambda: len(out.read_text().splitlines()) >= 2, what="the live alert's two lines")
+                agent.publish("x-1", "e1", backlog, kind="backfill")
+                wait_for(lambda: follower.poll() is not None, what="the late alert's OPEN and CLOSED lines")
             finally:
                 agent.close()
         assert follower.returncode == 0, err.read_text()
@@ -102,23 +111,36 @@ def test_a_spike_through_the_broker_arrives_with_its_kind_and_evidence_everywher
     # The detector's words with its `{unit}` replaced by the stream's unit, W.
     assert evidence.startswith(f"value {spike[4]:.3g} W, ") and evidence.endswith(" above the level 20 W")
     # On the alerts topic: both transitions, with the reason in watts.
-    opened, closed = (json.loads(line) for line in out.read_text().splitlines())
+    opened, closed, late_opened, late_closed = (json.loads(line) for line in out.read_text().splitlines())
     assert (opened["state"], closed["state"]) == ("open", "closed")
     for event in (opened, closed):
         assert (event["anomaly_kind"], event["peak_ts"], event["value"]) == ("spike", spike[1], spike[4])
         assert event["evidence"] == event["opening_evidence"] == evidence
         assert event["expected_low"] < 20 < event["expected_high"] < event["value"]  # the range it held
+    # The late one says why too: what the live detector would say of that backlog reading.
+    dip = backlog[20]
+    for event in (late_opened, late_closed):
+        assert (event["late"], event["anomaly_kind"], event["peak_ts"], event["value"]) == (
+            True, "dip", dip[1], dip[4],
+        )  # fmt: skip
+        assert (
+            event["evidence"].startswith(f"value {dip[4]:.3g} W, ")
+            and " below the level 20 W" in event["evidence"]
+        )
     # In the store.
     with sqlite3.connect(db) as conn:
         stored = conn.execute(
             "SELECT alert_id, anomaly_kind, evidence, opening_evidence, peak_ts FROM alerts "
-            "WHERE device = 'x-1'"
+            "WHERE device = 'x-1' ORDER BY late"
         ).fetchall()
-    assert stored == [(opened["alert_id"], "spike", evidence, evidence, spike[1])]
+    assert stored == [
+        (opened["alert_id"], "spike", evidence, evidence, spike[1]),
+        (late_opened["alert_id"], "dip", late_opened["evidence"], late_opened["evidence"], dip[1]),
+    ]
     # In `alerts list --json`, with the one-line reason.
     result = CliRunner().invoke(app, ["alerts", "list", "--db", str(db), "--json"])
     assert result.exit_code == 0, result.output
-    (listed,) = json.loads(result.stdout)
+    listed, _late = sorted(json.loads(result.stdout), key=lambda a: a["late"])
     assert (listed["alert_id"], listed["anomaly_kind"], listed["evidence"]) == (
         opened["alert_id"], "spike", evidence,
     )  # fmt: skip
