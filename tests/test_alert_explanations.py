@@ -1,7 +1,7 @@
-"""Alerts say why, end to end through real parts: a publisher's spike (and, from a backlog on the
-backfill topic, a dip: a late alert) through a private mosquitto,
-the in-process aggregator, the SQLite store, `alerts list --json`, and `alerts follow --json`
-as a subprocess reading the alerts topic.
+"""Alerts say why, end to end through real parts: a publisher's spike (then, in a backlog on the
+backfill topic, a dip: a late alert) through a private mosquitto, the in-process aggregator,
+the SQLite store, `alerts list --json`, and `alerts follow --json` as a subprocess reading the
+alerts topic.
 
 The detector is `LevelDetector`, registered for this test only (monkeypatched into the
 registry): it certainly sets `kind` and `evidence`, so the test pins the plumbing after the
