@@ -183,7 +183,7 @@ def alerts_list(
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """List alerts newest first; open ones stand out, acknowledged ones are marked.
+    """List alerts newest first with a short reason; open ones stand out, acknowledged ones are marked.
 
     Example: edgewatch alerts list --since 12h --open --db /var/lib/edgewatch/cloud.db
     """
@@ -226,7 +226,8 @@ def alerts_follow(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Print alerts live as the aggregator raises and closes them (needs only the broker).
+    """Print alerts live, each with its reason, as the aggregator raises and closes them (needs only
+    the broker).
 
     Reconnects by itself; connection changes are reported on stderr. Ctrl-C stops.
 
@@ -327,7 +328,8 @@ def alerts_show(
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Show one alert: details and a plot around it, anomaly window and expected range marked.
+    """Show one alert: details with its reason in full, and a plot around it (anomaly window,
+    the expected range at the peak, the peak reading marked).
 
     Example: edgewatch alerts show 2edb00bc --png alert.png
     """
