@@ -14,7 +14,7 @@ from rich.console import Console
 
 from cloud.ops import views
 from cloud.ops.follow import format_alert
-from cloud.store.sqlite.store import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
+from cloud.store.api import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
 from devices.model import AlertEvent, AlertKind, AlertState
 
 
