@@ -196,10 +196,20 @@ def _v3_keyed_messages(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v4_alert_reasons(db: sqlite_utils.Database) -> None:
+    """Alerts say why: kind and evidence (see AlertRecord); older rows get '' and NULL."""
+    alerts = db.table("alerts")
+    alerts.add_column("anomaly_kind", str, not_null_default="")
+    alerts.add_column("evidence", str, not_null_default="")
+    alerts.add_column("opening_evidence", str, not_null_default="")
+    alerts.add_column("peak_ts", float)
+
+
 MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (
     _v1,
     _v2_rejected_checkpoints,
     _v3_keyed_messages,
+    _v4_alert_reasons,
 )
 """MIGRATIONS[i] upgrades a database from version i to i + 1; append, never edit."""
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -665,10 +675,12 @@ class SqliteStore(SqliteReadModel):
         cur = self._conn.execute(
             "INSERT OR IGNORE INTO alerts(alert_id, device, sensor, metric, kind, state, start, \"end\", "
             "peak_score, value, expected_low, expected_high, severity, late, detector, msg_id, opened_at, "
-            "closed_at, acked_at, acked_by, note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "closed_at, acked_at, acked_by, note, anomaly_kind, evidence, opening_evidence, peak_ts) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (a.alert_id, a.device, a.sensor, a.metric, a.kind, a.state, a.start, a.end,
              a.peak_score, a.value, a.expected_low, a.expected_high, a.severity, int(a.late),
-             a.detector, a.msg_id, a.opened_at, a.closed_at, a.acked_at, a.acked_by, a.note),
+             a.detector, a.msg_id, a.opened_at, a.closed_at, a.acked_at, a.acked_by, a.note,
+             a.anomaly_kind, a.evidence, a.opening_evidence, a.peak_ts),
         )  # fmt: skip
         return cur.rowcount == 1
 
@@ -682,12 +694,16 @@ class SqliteStore(SqliteReadModel):
         value: float | None,
         expected_low: float | None,
         expected_high: float | None,
+        evidence: str,
+        peak_ts: float | None,
     ) -> bool:
-        """Close an open episode; False if it was already closed (a replay) or is unknown."""
+        """Close an open episode with its peak's final figures; False if it was already closed
+        (a replay) or is unknown. The kind and opening reason were settled when it opened."""
         cur = self._conn.execute(
             "UPDATE alerts SET state = 'closed', \"end\" = ?, closed_at = ?, peak_score = ?, value = ?, "
-            "expected_low = ?, expected_high = ? WHERE alert_id = ? AND state = 'open'",
-            (end, closed_at, peak_score, value, expected_low, expected_high, alert_id),
+            "expected_low = ?, expected_high = ?, evidence = ?, peak_ts = ? "
+            "WHERE alert_id = ? AND state = 'open'",
+            (end, closed_at, peak_score, value, expected_low, expected_high, evidence, peak_ts, alert_id),
         )
         return cur.rowcount == 1
 
