@@ -35,8 +35,12 @@ from cloud.alerts.episodes import EpisodePolicy, SilencePolicy
 from cloud.detect.native import compiled
 from cloud.errors import CloudError, ConfigError, StoreError
 from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings, Publication
+from cloud.notify.delivery import Router, lanes
+from cloud.notify.metrics import NotifyMetrics
+from cloud.notify.shell import Courier, open_alerts_of
 from cloud.service.config import AggregatorConfig
 from cloud.service.metrics import Metrics
+from cloud.store.sqlite.delivery import SqliteDeliveryQueue
 from cloud.store.sqlite.store import Store
 from devices import wire
 from devices.model import Ack
@@ -84,6 +88,7 @@ class Aggregator:
         self._store: Store | None = None
         self._lock_fd: int | None = None
         self._pipeline: Pipeline | None = None
+        self._courier: Courier | None = None
         self._inbox: list[Inbound] = []
         inbox = self._inbox
         self.metrics.inbox.set_function(lambda: len(inbox))  # read at scrape time, not per message
@@ -124,8 +129,16 @@ class Aggregator:
         """Open (or create and migrate) the store and recover detector state; StoreError if not."""
         self._store = await self._call_slow(Store, self.config.db, synchronous=self.config.synchronous)
         self._lock_fd = _exclusive(Path(f"{self.config.db}.aggregator.lock"))
+        queue = SqliteDeliveryQueue(self._store)
+        notify = self.config.notify
         self._pipeline = await self._call_slow(
-            Pipeline, self._store, settings_from(self.config), now=time.time()
+            Pipeline, self._store, settings_from(self.config), now=time.time(), notify=Router(notify, queue)
+        )
+        self._courier = Courier(
+            lanes(notify, queue, now=time.time(), open_alerts=open_alerts_of(self._store)),
+            poll_s=notify.poll_s,
+            call=self._call,
+            metrics=NotifyMetrics(self.metrics.registry) if notify.sinks else None,
         )
         tune_gc()
         if self.config.detector in ("default", "sensor"):
@@ -146,6 +159,22 @@ class Aggregator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, serve, reconnect with backoff, until `stop` is set; then stop cleanly."""
+        # Alert delivery runs beside the broker connection: HTTP receivers do not need MQTT.
+        courier = asyncio.create_task(self._deliver(), name="notify")
+        try:
+            await self._connect(stop)
+        finally:
+            await _cancel([courier])
+
+    async def _deliver(self) -> None:
+        if self._courier is None:
+            return
+        try:
+            await self._courier.run()
+        except Exception:  # a bug: say so loudly; the queue keeps every delivery for the next start
+            log.exception("alert delivery stopped")
+
+    async def _connect(self, stop: asyncio.Event) -> None:
         config = self.config
         attempt = 0
         while not stop.is_set():

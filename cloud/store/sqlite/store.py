@@ -13,6 +13,8 @@ Layout (schema version in `PRAGMA user_version`, upgraded by `MIGRATIONS` in ord
     devices        the fleet registry: last seen, online, agent version, reported counters
     alerts         one row per episode; `alert_id` is deterministic, so a replay cannot double
     alert_outbox   alert messages to publish; deleted once the broker has them (at least once)
+    notify_queue   alert transitions to deliver per sink (cloud.notify); dead letters stay
+    notify_sinks   per sink: delivered, retried, failed, last success and last error
     detector_state checkpointed detector and episode state per series, plus `checkpoint` keys
 
 Timestamps are unix seconds (REAL). The write path is plain sqlite3 `executemany` inside one
@@ -261,7 +263,28 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("checkpoint").create({"key": str, "value": float}, pk="key")
 
 
-MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (_v1,)
+def _v2_notify(db: sqlite_utils.Database) -> None:
+    """The delivery queue of alert notifications (cloud.notify), one row per (sink, transition)."""
+    db.table("notify_queue").create(
+        {"id": int, "sink": str, "transition_id": str, "alert_id": str, "device": str,
+         "notice": str, "created_at": float, "due_at": float, "attempts": int, "state": str,
+         "last_error": str, "response": str, "dead_at": float},
+        pk="id", not_null={"sink", "transition_id", "alert_id", "device", "notice", "created_at",
+                           "due_at", "attempts", "state", "last_error", "response"},
+        defaults={"attempts": 0, "state": "pending", "last_error": "", "response": ""},
+    )  # fmt: skip
+    db.table("notify_queue").create_index(["sink", "transition_id"], unique=True)
+    db.table("notify_queue").create_index(["sink", "state", "due_at"])
+    db.table("notify_queue").create_index(["sink", "device", "state"])
+    db.table("notify_sinks").create(
+        {"sink": str, "delivered": int, "retried": int, "failed": int, "last_success_at": float,
+         "last_error_at": float, "last_error": str},
+        pk="sink", not_null={"delivered", "retried", "failed", "last_error"},
+        defaults={"delivered": 0, "retried": 0, "failed": 0, "last_error": ""},
+    )  # fmt: skip
+
+
+MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (_v1, _v2_notify)
 """MIGRATIONS[i] upgrades a database from version i to i + 1; append, never edit."""
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
