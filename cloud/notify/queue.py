@@ -96,6 +96,10 @@ class DeliveryQueue(Protocol):
 
     def dead_letter(self, ids: Sequence[int], *, error: str, response: str, now: float) -> None: ...
 
+    def known_sinks(self) -> list[str]:
+        """Every sink that ever had a delivery queued or settled."""
+        ...
+
     def status(self, sinks: Sequence[str], *, dead_limit: int = 20) -> list[SinkStatus]:
         """Per sink, in the order given (sinks that never had a delivery included)."""
         ...

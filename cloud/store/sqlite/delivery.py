@@ -137,6 +137,15 @@ class SqliteDeliveryQueue:
                 out[str(row[0])] = out.get(str(row[0]), 0) + 1
         return out
 
+    def known_sinks(self) -> list[str]:
+        try:
+            rows = self._conn.execute(
+                "SELECT sink FROM notify_sinks UNION SELECT DISTINCT sink FROM notify_queue ORDER BY 1"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the delivery queue: {exc}") from exc
+        return [str(r[0]) for r in rows]
+
     def status(self, sinks: Sequence[str], *, dead_limit: int = 20) -> list[SinkStatus]:
         try:
             return [self._status(sink, dead_limit) for sink in sinks]
