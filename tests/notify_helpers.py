@@ -35,9 +35,7 @@ class Alertmanager:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / "alertmanager.yml"
-        self.config.write_text(
-            "route:\n  receiver: nobody\n  group_wait: 1s\nreceivers:\n  - name: nobody\n"
-        )
+        self.config.write_text("route:\n  receiver: nobody\n  group_wait: 1s\nreceivers:\n  - name: nobody\n")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "alertmanager.log"
 
@@ -155,8 +153,17 @@ class Receiver:
             return [r.status for r in self.requests]
 
 
-def publish_spiky(agent: FakeAgent, devices: list[str], n: int, spikes: tuple[int, ...], *, start: int = 0,
-                  stop: int | None = None, t0: float, seed: int = 3) -> None:
+def publish_spiky(
+    agent: FakeAgent,
+    devices: list[str],
+    n: int,
+    spikes: tuple[int, ...],
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    t0: float,
+    seed: int = 3,
+) -> None:
     """Readings start..stop of a smooth series per device, each with the same spikes (+15)."""
     for device in devices:
         rng = random.Random(f"{seed}-{device}")
