@@ -75,9 +75,9 @@ class DeliveryQueue(Protocol):
     def enqueue(self, sink: str, notice: Notice, *, now: float, group_s: float) -> bool:
         """Queue `notice` for `sink` (inside the caller's transaction); False if already queued.
 
-        A notice joins the not-yet-tried deliveries of its device queued within the last
-        `group_s` seconds (same due time, so they go out as one notification); otherwise it is
-        due `group_s` from now.
+        A notice joins a group of its device still collecting (not yet due, never tried): same
+        due time, so they go out as one notification. Otherwise it starts a group, due
+        `group_s` from now.
         """
         ...
 

@@ -34,11 +34,11 @@ class SqliteDeliveryQueue:
         cur = self._conn.execute(
             "INSERT OR IGNORE INTO notify_queue(sink, transition_id, alert_id, device, notice, created_at, "
             "due_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce((SELECT min(due_at) FROM notify_queue "
-            "WHERE sink = ?1 AND device = ?4 AND state = 'pending' AND attempts = 0 AND created_at >= ?7), "
-            "?8))",
+            "WHERE sink = ?1 AND device = ?4 AND state = 'pending' AND attempts = 0 AND due_at > ?6), "
+            "?7))",
             (sink, notice.transition_id, notice.alert_id, notice.device,
              json.dumps({"state": notice.state, "alert": notice.alert}, sort_keys=True),
-             now, now - group_s, now + group_s),
+             now, now + group_s),
         )  # fmt: skip
         return cur.rowcount == 1
 
