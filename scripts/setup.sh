@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Prepares a fresh Debian/Ubuntu machine: mosquitto, a C compiler and Python's headers (with
-# apt-get when root), a venv in .venv with edgewatch and the extras named in $1 (default: dev).
-# Safe to run again.
+# Prepares a fresh Debian/Ubuntu machine: mosquitto, a C compiler and Python's headers, and for
+# the dev extras prometheus-alertmanager (with apt-get when root), a venv in .venv with
+# edgewatch and the extras named in $1 (default: dev). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-dev}"
@@ -9,6 +9,11 @@ extras="${1:-dev}"
 need_apt=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   need_apt+=(mosquitto mosquitto-clients)
+fi
+# The notify tests run a real Alertmanager (tests/notify_helpers.py); only the dev extras need it.
+if [[ ",$extras," == *",dev,"* ]] && ! command -v prometheus-alertmanager >/dev/null 2>&1 \
+    && ! command -v alertmanager >/dev/null 2>&1; then
+  need_apt+=(prometheus-alertmanager)
 fi
 if ! python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   echo "edgewatch needs Python >= 3.11 (found: $(python3 --version 2>&1))" >&2
