@@ -29,13 +29,18 @@ ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertman
 
 
 class Alertmanager:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, config: Path | None = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / "alertmanager.yml"
-        self.config.write_text("route:\n  receiver: nobody\n  group_wait: 1s\nreceivers:\n  - name: nobody\n")
+        if config is not None:
+            shutil.copy(config, self.config)
+        else:
+            self.config.write_text(
+                "route:\n  receiver: nobody\n  group_wait: 1s\nreceivers:\n  - name: nobody\n"
+            )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "alertmanager.log"
 

@@ -19,9 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from cloud.notify.config import NotifyConfig, Route, SinkConfig
+from cloud.notify.ops import synthetic_alert
+from cloud.notify.queue import Notice
+from cloud.notify.sinks import make_sink
+from cloud.ops.views import alert_json
 from cloud.store.sqlite.store import Store
 from tests.mosquitto import Mosquitto
 from tests.notify_helpers import ALERTMANAGER, Alertmanager, Receiver, publish_spiky
@@ -29,6 +34,7 @@ from tests.test_aggregator import FakeAgent, count, fast_config, running, wait_f
 
 pytestmark = pytest.mark.broker
 
+REPO = Path(__file__).resolve().parent.parent
 PHASE_S = float(os.environ.get("EDGEWATCH_NOTIFY_PHASE_S", "1.5"))
 N, SPIKES = 400, (300, 360)
 
@@ -308,3 +314,40 @@ def test_notify_test_sends_one_synthetic_alert_and_prints_the_answer(
     assert alertmanager.alerts()[0]["labels"]["device"] == "edgewatch-notify-test"
     unknown = notify_test("nope")
     assert unknown.returncode == 1 and "no notify sink named 'nope' (known: hook, am)" in unknown.stderr
+
+
+def test_the_shipped_alertmanager_route_pages_for_silent_devices_and_holds_back_their_anomalies(
+    tmp_path: Path,
+) -> None:
+    """deploy/alertmanager/alertmanager.yml (the README's example) loaded by a real Alertmanager."""
+    if not ALERTMANAGER:
+        pytest.fail("prometheus-alertmanager is not installed: run scripts/setup.sh as root")
+    am = Alertmanager(tmp_path / "am", config=REPO / "deploy" / "alertmanager" / "alertmanager.yml")
+    am.start()
+    try:
+        now = time.time()
+        silent = alert_json(synthetic_alert(now))
+        silent |= {"alert_id": "s1", "device": "pi-9", "kind": "silent", "severity": "critical", "metric": ""}
+        anomaly = alert_json(synthetic_alert(now)) | {"alert_id": "a1", "device": "pi-9"}
+        other = alert_json(synthetic_alert(now)) | {"alert_id": "a2", "device": "pi-8"}
+        sink = make_sink(SinkConfig(name="am", type="alertmanager", url=am.url))
+        notices = [
+            Notice(f"{a['alert_id']}.open", a["alert_id"], a["device"], "open", a)
+            for a in (silent, anomaly, other)
+        ]
+        request = sink.render(notices, now)
+        assert httpx.post(request.url, content=request.body, headers=list(request.headers)).status_code == 200
+
+        def by_id() -> dict[str, dict[str, Any]]:
+            return {a["labels"]["alert_id"]: a for a in am.alerts()}
+
+        wait_for(
+            lambda: by_id().get("a1", {}).get("status", {}).get("state") == "suppressed", what="inhibition"
+        )
+        alerts = by_id()
+    finally:
+        am.stop()
+    assert [r["name"] for r in alerts["s1"]["receivers"]] == ["oncall"]
+    assert [r["name"] for r in alerts["a2"]["receivers"]] == ["team-chat"]
+    assert alerts["a2"]["status"]["state"] == "active"
+    assert alerts["a1"]["status"]["inhibitedBy"]
