@@ -260,3 +260,16 @@ def test_a_notify_table_in_cloud_toml_reaches_the_aggregator_config(tmp_path: Pa
     path.write_text('[[notify.sinks]]\nname = "am"\ntype = "alertmanager"\n')
     with pytest.raises(ConfigError, match=r"cloud.toml: notify.sinks\[0\].url is required"):
         load_config(path)
+
+
+def test_webhook_body_golden_bytes() -> None:
+    """The webhook's wire format (devices.wire.encode_webhook): a change to these bytes is deliberate."""
+    from cloud.notify.queue import Notice
+
+    notices = [
+        Notice(f"a1.{state}", "a1", "pi-1", state, alert_json(alert("a1", state=state)))
+        for state in ("open", "closed")
+    ]
+    request = make_sink(sink(slack_text=True)).render(notices, T0)
+    golden = Path(__file__).parent / "golden" / "webhook_v1.1.json"
+    assert request.body == golden.read_bytes().rstrip(b"\n")

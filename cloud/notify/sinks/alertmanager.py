@@ -13,10 +13,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
-
 from cloud.notify.queue import Notice
 from cloud.notify.sinks.base import HttpRequest, common_headers, expected_range, explain, show_command
+from devices import wire
 
 if TYPE_CHECKING:
     from cloud.notify.config import SinkConfig
@@ -73,7 +72,7 @@ class AlertmanagerSink:
         self.headers = common_headers(config)
 
     def _request(self, alerts: Sequence[Mapping[str, Any]]) -> HttpRequest:
-        return HttpRequest(self.url, orjson.dumps([am_alert(a) for a in alerts]), self.headers)
+        return HttpRequest(self.url, wire.encode_alertmanager([am_alert(a) for a in alerts]), self.headers)
 
     def render(self, notices: Sequence[Notice], now: float) -> HttpRequest:
         latest: dict[str, Mapping[str, Any]] = {}

@@ -1,9 +1,10 @@
 """A plain webhook: a JSON POST of alert transitions, optionally signed and Slack-compatible.
 
-The body is `{"events": [...]}`, one event per transition in queue order, each the alert with
-the same fields as `edgewatch alerts list --json` plus `transition_id` (stable: de-duplicate on
-it, delivery is at least once) and `transition` ("open" or "closed"). With `slack_text` the body
-also has a `text` line per event, which a Slack (or Mattermost, Rocket.Chat) incoming webhook
+The body (`devices.wire.encode_webhook`) is `{"v": "1.1", "kind": "alert_events", "events":
+[...]}`, one event per transition in queue order, each the alert with the same fields as
+`edgewatch alerts list --json` plus `transition_id` (stable: de-duplicate on it, delivery is at
+least once) and `transition` ("open" or "closed"). With `slack_text` the body also has a `text`
+line per event, which a Slack (or Mattermost, Rocket.Chat) incoming webhook
 shows. With `secret_file`, `X-Edgewatch-Signature: sha256=<hex>` is the HMAC-SHA256 of the exact
 body bytes under that key, so the receiver can check who sent it.
 """
@@ -15,10 +16,9 @@ import hmac
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from cloud.notify.queue import Notice
 from cloud.notify.sinks.base import HttpRequest, common_headers, explain, read_secret, show_command
+from devices import wire
 
 if TYPE_CHECKING:
     from cloud.notify.config import SinkConfig
@@ -54,10 +54,8 @@ class WebhookSink:
         )
 
     def render(self, notices: Sequence[Notice], now: float) -> HttpRequest:
-        body: dict[str, Any] = {"events": [event(n) for n in notices]}
-        if self.config.slack_text:
-            body["text"] = "\n".join(slack_line(n.alert, n.state) for n in notices)
-        raw = orjson.dumps(body)
+        text = "\n".join(slack_line(n.alert, n.state) for n in notices) if self.config.slack_text else None
+        raw = wire.encode_webhook([event(n) for n in notices], text=text)
         headers = self.headers
         if self.key is not None:
             headers = (*headers, (self.config.signature_header, sign(raw, self.key)))
