@@ -100,6 +100,9 @@ class Courier:
             except StoreError as exc:
                 log.error("sink %s: the delivery queue is unusable: %s", lane.name, exc)
                 busy = False
+            except Exception:  # a bug: this sink pauses a poll interval, the others go on
+                log.exception("sink %s: delivery step failed", lane.name)
+                busy = False
             if busy:
                 continue
             delay = max(self.poll_s, lane.wait(time.time()))
