@@ -242,8 +242,9 @@ def test_agent_import_path_is_small() -> None:
     """The device never imports river, numpy, pandas or the cloud side."""
     code = (
         "import sys, edgewatch.app, edge.runner, edge.cli, devices.drivers.system;"
-        "cli_packages = {'cloud.service', 'cloud.ops', 'cloud.analysis', 'cloud.provision'};"
-        "heavy = {'river','numpy','pandas','aiomqtt','sqlite_utils','prometheus_client','rich','plotext'};"
+        "cli_packages = {'cloud.service', 'cloud.ops', 'cloud.analysis', 'cloud.provision', 'cloud.notify'};"
+        "heavy = {'river','numpy','pandas','aiomqtt','sqlite_utils','prometheus_client','rich','plotext',"
+        "'httpx','tomlkit'};"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy "
         "or (m.startswith('cloud.') and not m.endswith('.cli') and m not in cli_packages));"
         "print(','.join(bad))"
