@@ -157,6 +157,11 @@ def test_a_webhook_down_then_500_then_429_then_up_gets_every_transition_once_in_
         assert [t for t in first_seen if t.startswith(alert_id + ".")] == transitions
     assert {500, 429, 200} <= set(receiver.statuses())
     assert delivered == len(first_seen)
+    # Grouping: one device's transitions (here an episode's open and close) share a notification.
+    assert any(
+        len({e["device"] for e in r.json()["events"]}) == 1 < len(r.json()["events"])
+        for r in receiver.accepted()
+    )
     event = next(e for e in events if e["transition"] == "closed")
     assert {"alert_id", "device", "metric", "start", "end_iso", "duration", "acked"} <= set(event)
     assert queue_rows(db, "dead") == 0
