@@ -255,6 +255,9 @@ def _malformed(t0: float) -> tuple[list[tuple[str, bytes]], int, int]:
         lambda: (topic, json.dumps(env([valid()], sent_at="noon")).encode()),
         lambda: (wire.device_topic(dev, "status"), b'{"v": "1.0", "kind": "status"}'),
         lambda: ("edgewatch/v1/alerts/telemetry", json.dumps(env([valid()])).encode()),
+        # A broker role posing as a device (an ACL that lets `viewer` publish): never a device.
+        lambda: ("edgewatch/v1/viewer/telemetry", json.dumps(env([valid()], device="viewer")).encode()),
+        lambda: ("edgewatch/v1/aggregator/status", json.dumps(env([valid()], device="aggregator")).encode()),
     ]
     reading_bad: list[Callable[[], dict[str, Any]]] = [
         lambda: {"seq": next(seq), "ts": t0, "value": math.nan, **ok},
@@ -329,7 +332,11 @@ def test_malformed_flood_keeps_the_aggregator_up_and_dead_letters_every_bad_one(
         "future_ts",
         "bad_value",
         "bad_sensor",
+        "reserved_device",
     } <= set(reasons)
+    as_roles = [t for t, _ in messages if t.split("/")[2] in ("viewer", "aggregator")]
+    assert as_roles and reasons["reserved_device"] == len(as_roles)
+    assert count(db, "SELECT count(*) FROM devices WHERE device IN ('viewer', 'aggregator')") == 0
     envelope_rows = [d for d in letters if d.seq is None]
     assert all(d.payload for d in envelope_rows if d.reason not in ("malformed_json",))
 
@@ -469,3 +476,39 @@ def test_mosquitto_default_queue_limit_silently_drops_qos1_for_a_busy_subscriber
     assert "dropped" in log
     kept, _ = received("", "fixed")  # tests/mosquitto.py and deploy/ use max_queued_messages 0
     assert kept == 1500
+
+
+def test_after_a_broker_outage_readings_are_stored_and_confirmed_within_seconds(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The broker is down long enough for an uncapped back-off to grow past a minute (issue 11:
+    the aggregator stayed away 59 s after a 60 s outage). With the defaults, the aggregator is
+    back within its 5 s cap, and an agent (cap 4 s here) is stored and confirmed soon after."""
+    from tests.agent_helpers import RunningAgent, agent_config
+
+    db = tmp_path / "cloud.db"
+    defaults = AggregatorConfig()
+    config = fast_config(
+        broker, db, reconnect_base=defaults.reconnect_base, reconnect_cap=defaults.reconnect_cap
+    )
+    agent_cfg = agent_config(
+        tmp_path, broker.url, interval_s=0.1, publish={"reconnect_base_s": 0.5, "reconnect_max_s": 4.0}
+    )
+    with running(config) as aggregator, RunningAgent(agent_cfg) as agent:
+        wait_for(lambda: agent.outbox.counters()["confirmed"] >= 10, what="first confirmations")
+        broker.stop()
+        wait_for(lambda: not aggregator.connected.is_set(), what="the aggregator to notice")
+        time.sleep(15)
+        stored_before = count(db, "SELECT count(*) FROM readings")
+        confirmed_before = agent.outbox.counters()["confirmed"]
+        broker.start()
+        back = time.monotonic()
+        wait_for(aggregator.connected.is_set, 30, "the aggregator to reconnect")
+        reconnected = time.monotonic() - back
+        wait_for(lambda: count(db, "SELECT count(*) FROM readings") > stored_before, 30, "a stored reading")
+        stored = time.monotonic() - back
+        wait_for(lambda: agent.outbox.counters()["confirmed"] > confirmed_before, 30, "a confirmation")
+        confirmed = time.monotonic() - back
+    assert reconnected <= defaults.reconnect_cap + 2.0, reconnected
+    assert stored <= 4.0 + defaults.reconnect_cap + 2.0, stored
+    assert confirmed <= stored + defaults.ack_interval + 2.0, (stored, confirmed)

@@ -53,6 +53,12 @@ COUNTERS_F0 = {
     "published": 797.0,
 }
 
+# Refused messages: text with a terminal escape in it, and bytes that are not text at all.
+DEAD = [
+    (wire.device_topic("f-0", "telemetry"), b'{"v": "1.0", oops \x1b[31mred'),
+    (wire.device_topic("f-1", "telemetry"), b"\xff\xfe\x00\x01binary"),
+]
+
 
 @dataclass(frozen=True)
 class Fleet:
@@ -149,6 +155,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         }
         _status(agent, "f-0", StatusEvent.BIRTH, COUNTERS_F0)
         _settle(agent, sent)
+        for topic, payload in DEAD:
+            agent.publish_raw(topic, payload)
+        wait_for(lambda: count(db, "SELECT count(*) FROM dead_letter") == len(DEAD), what="dead letters")
         _status(agent, "f-2", StatusEvent.BIRTH)
         wait_for(
             lambda: count(db, "SELECT count(*) FROM devices WHERE status_event = 'birth'") == 2, what="births"
@@ -489,6 +498,92 @@ def test_read_only_store_refuses_writes(fleet: Fleet) -> None:
         alert = store.list_alerts(limit=1)[0]
         with pytest.raises(StoreError):
             store.ack_alert(alert.alert_id, now=time.time())
+
+
+def _copy_of(db: Path, where: Path) -> Path:
+    """A consistent copy of the live store (SQLite's backup API), closed: no -wal, no -shm."""
+    where.mkdir(parents=True, exist_ok=True)
+    copy = where / "copy.db"
+    src, dst = sqlite3.connect(db), sqlite3.connect(copy)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    return copy
+
+
+def _every_read_command(db: Path) -> None:
+    some = cli_json("alerts", "list", "--db", str(db))
+    assert some
+    for args in (
+        ("alerts", "list"),
+        ("alerts", "show", some[0]["alert_id"]),
+        ("devices", "list"),
+        ("devices", "show", "f-0"),
+    ):
+        result = cli(*args, "--db", str(db))
+        assert result.exit_code == 0, (args, result.output)
+    words = f"edgewatch alerts show --db {db} "
+    cli(env={"_EDGEWATCH_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "5"})
+
+
+def test_operator_commands_never_write_the_store(fleet: Fleet, tmp_path: Path) -> None:
+    """Read commands open the store read-only: no byte changes, no -wal or -shm appears."""
+    import hashlib
+
+    copy = _copy_of(fleet.db, tmp_path / "ro")
+    before = hashlib.sha256(copy.read_bytes()).hexdigest()
+    _every_read_command(copy)
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["copy.db"]
+
+
+def test_operator_commands_work_on_a_read_only_filesystem(
+    fleet: Fleet, tmp_path: Path, small_filesystem: Any
+) -> None:
+    where = small_filesystem(16 * 1024 * 1024)
+    copy = _copy_of(fleet.db, where / "store")
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+    _every_read_command(copy)
+
+
+# ---------------------------------------------------------------------------------------------
+# dead letters
+
+
+def test_deadletters_list_filters_and_counts(fleet: Fleet) -> None:
+    letters = cli_json("deadletters", "list", "--db", str(fleet.db))
+    assert [d["reason"] for d in letters] == ["malformed_json", "malformed_json"]
+    assert [d["device"] for d in letters] == ["f-1", "f-0"]  # newest first
+    assert all(d["received_at_iso"] and d["topic"] and d["payload_bytes"] for d in letters)
+    only_f0 = cli_json("deadletters", "list", "--device", "f-0", "--db", str(fleet.db))
+    assert [d["device"] for d in only_f0] == ["f-0"]
+    assert cli_json("deadletters", "list", "--reason", "future_ts", "--db", str(fleet.db)) == []
+    table = cli("deadletters", "list", "--db", str(fleet.db))
+    assert table.exit_code == 0 and "malformed_json 2" in table.output
+
+
+def test_deadletters_show_prints_the_payload_safely(fleet: Fleet) -> None:
+    import base64
+
+    by_device = {d["device"]: d["id"] for d in cli_json("deadletters", "list", "--db", str(fleet.db))}
+    text = cli("deadletters", "show", str(by_device["f-0"]), "--db", str(fleet.db))
+    assert text.exit_code == 0, text.output
+    assert "\x1b" not in text.output and "\\x1b[31mred" in text.output  # escaped, never sent raw
+    binary = cli("deadletters", "show", str(by_device["f-1"]), "--db", str(fleet.db))
+    assert "ff fe 00 01" in binary.output  # a hex dump
+    data = cli_json("deadletters", "show", str(by_device["f-1"]), "--db", str(fleet.db))
+    assert base64.b64decode(data["payload_base64"]) == DEAD[1][1] and data["payload_text"] is None
+    missing = cli("deadletters", "show", "999999", "--db", str(fleet.db))
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_devices_show_counts_dead_letters_per_reason(fleet: Fleet) -> None:
+    assert cli_json("devices", "show", "f-0", "--db", str(fleet.db))["dead_letters"] == {"malformed_json": 1}
+    assert cli_json("devices", "show", "f-2", "--db", str(fleet.db))["dead_letters"] == {}
+    panel = cli("devices", "show", "f-1", "--db", str(fleet.db))
+    assert "malformed_json 1" in panel.output
 
 
 # ---------------------------------------------------------------------------------------------

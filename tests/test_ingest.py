@@ -434,3 +434,52 @@ def test_clean_shutdown_is_not_silence(pipeline: Pipeline) -> None:
     bye = Status(DEV, StatusEvent.SHUTDOWN, T0 + 1, "e1", "0.1.0")
     pipeline.ingest([msg([1]), Inbound(STATUS, wire.encode_status(bye), T0 + 1)], T0 + 1)
     assert pipeline.tick(T0 + 10_000).alerts_opened == 0
+
+
+@pytest.mark.parametrize(
+    ("blob", "tracker", "reason"),
+    [
+        (b"\x80\x05 not a pickle at all", None, "unreadable checkpoint"),
+        (b"edgewatch-checkpoint/99\n...", None, "format 99 is newer"),
+        (None, '{"live": {"phase": "half-open"}}', "unreadable episode state"),
+        (None, "{not json", "unreadable episode state"),
+    ],
+)
+def test_an_unreadable_checkpoint_starts_that_stream_fresh_and_keeps_it_aside(  # noqa: PLR0917
+    store: Store,
+    threshold: str,
+    caplog: pytest.LogCaptureFixture,
+    blob: bytes | None,
+    tracker: str | None,
+    reason: str,
+) -> None:
+    first = Pipeline(store, SETTINGS, now=T0)
+    first.ingest([msg(range(1, 11)), msg(range(1, 11), metric="hum", epoch="e2")], T0)
+    assert first.checkpoint(T0) == 2
+    bad = store.find_series(DEV, "sys", "hum")
+    with store.transaction():  # what a corrupt row, a renamed class or a newer version leaves
+        if blob is not None:
+            store.db.execute("UPDATE detector_state SET blob = ? WHERE series_id = ?", (blob, bad))
+        if tracker is not None:
+            store.db.execute("UPDATE detector_state SET tracker = ? WHERE series_id = ?", (tracker, bad))
+    caplog.set_level("WARNING", logger="edgewatch.cloud.ingest")
+    second = Pipeline(store, SETTINGS, now=T0 + 5)  # no exception: the aggregator starts
+    assert any(f"{DEV}/sys/hum" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+    assert second.detector(DEV, "sys", "hum") is None  # fresh: a warm-up from its next reading
+    resumed = second.detector(DEV, "sys", "temp")
+    assert isinstance(resumed, ThresholdDetector) and resumed.n == 10  # the other one resumed
+    ((series_id, _detector, why, _at),) = store.rejected_checkpoints()
+    assert series_id == bad and reason in why
+    second.ingest([msg(range(11, 14), metric="hum", epoch="e2")], T0 + 6)
+    fresh = second.detector(DEV, "sys", "hum")
+    assert isinstance(fresh, ThresholdDetector) and fresh.n == 3
+    assert second.checkpoint(T0 + 7) == 1  # the fresh stream is checkpointed again, readable
+    assert Pipeline(store, SETTINGS, now=T0 + 8).detector(DEV, "sys", "hum") is not None
+
+
+def test_checkpoints_carry_a_format_version(store: Store, threshold: str) -> None:
+    first = Pipeline(store, SETTINGS, now=T0)
+    first.ingest([msg(range(1, 5))], T0)
+    first.checkpoint(T0)
+    _, (cp,) = store.load_checkpoint()
+    assert cp.blob.startswith(b"edgewatch-checkpoint/1\n")

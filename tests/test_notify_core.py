@@ -15,7 +15,7 @@ import pytest
 
 from cloud.errors import ConfigError
 from cloud.notify.config import NotifyConfig, Route, SinkConfig, parse_notify
-from cloud.notify.delivery import Answer, Router, SinkLane, judge, retry_delay
+from cloud.notify.delivery import Answer, Router, SinkLane, judge
 from cloud.notify.sinks import make_sink
 from cloud.notify.sinks.alertmanager import am_alert
 from cloud.ops.views import alert_json
@@ -116,8 +116,7 @@ def test_a_close_never_overtakes_its_open_and_a_lease_expires_for_a_lost_request
     ]
     assert again.attempts == 2
     outcome = lane.settle(again, DOWN, T0 + 11)
-    assert outcome.kind == "retry" and outcome.due_at is not None and T0 + 11.5 <= outcome.due_at <= T0 + 12
-    assert ids(lane, T0 + 11.2) == []
+    assert outcome.kind == "retry" and outcome.due_at is not None and T0 + 11 <= outcome.due_at <= T0 + 12
     final = lane.take(T0 + 12)
     assert final is not None and len(final.deliveries) == 2
     lane.settle(final, OK, T0 + 12)
@@ -128,20 +127,17 @@ def test_a_close_never_overtakes_its_open_and_a_lease_expires_for_a_lost_request
 def test_answers_judged_backoff_retry_after_and_dead_letters(store: Store) -> None:
     config = sink(retry_base_s=1.0, retry_cap_s=60.0, max_retry_after_s=120.0)
     rng = random.Random(5)
-    for status in (500, 502, 503, 408):
+    for status in (500, 502, 503, 408):  # third try failed: the ceiling is 1 s * 2 ** 2
         outcome = judge(Answer(status, "x"), 3, T0, config, rng)
-        assert outcome.kind == "retry" and outcome.due_at is not None and T0 + 2 <= outcome.due_at <= T0 + 4
+        assert outcome.kind == "retry" and outcome.due_at is not None and T0 <= outcome.due_at <= T0 + 4
     assert judge(Answer(429, "", retry_after="7"), 1, T0, config, rng).due_at == T0 + 7
     assert judge(Answer(429, "", retry_after="99999"), 1, T0, config, rng).due_at == T0 + 120
     assert judge(Answer(None, error="ReadTimeout"), 1, T0, config, rng).kind == "retry"
     dead = judge(Answer(401, '{"error":"bad token"}'), 1, T0, config, rng)
     assert (dead.kind, dead.reason) == ("dead", 'HTTP 401: {"error":"bad token"}')
     assert judge(Answer(204), 1, T0, config, rng).kind == "delivered"
-    delays = [retry_delay(n, rng, base=1.0, cap=60.0) for n in range(1, 12)]
-    assert all(
-        d / 2 <= x <= d
-        for x, d in zip(delays, [min(60.0, 2.0 ** (n - 1)) for n in range(1, 12)], strict=True)
-    )
+    late = [judge(Answer(503), n, T0, config, rng).due_at for n in range(8, 40)]
+    assert all(d is not None and T0 <= d <= T0 + 60 for d in late)  # capped at retry_cap_s
 
 
 def test_a_refused_delivery_is_a_dead_letter_with_the_response_and_unblocks_the_next(store: Store) -> None:

@@ -36,12 +36,19 @@ from cloud.alerts.episodes import (
     Transition,
     alert_id,
 )
-from cloud.detect import StreamDetector, Verdict, detector_from_bytes, make_detector
+from cloud.detect import (
+    CheckpointError,
+    StreamDetector,
+    Verdict,
+    detector_from_bytes,
+    detector_to_bytes,
+    make_detector,
+)
 from cloud.errors import StoreError
 from cloud.notify.delivery import Router
 from cloud.store.sqlite.store import AlertRecord, ReadingRow, Store, StreamCheckpoint
 from devices import wire
-from devices.errors import TopicError, WireError
+from devices.errors import ReservedDeviceId, TopicError, WireError
 from devices.model import (
     Ack,
     AlertEvent,
@@ -127,11 +134,16 @@ def decode_inbound(msg: Inbound, *, max_future: float = DEFAULT_MAX_FUTURE) -> I
     >>> item = decode_inbound(Inbound("edgewatch/v1/pi-1/telemetry", b"{oops", 1.7e9))
     >>> (item.reason, item.device)
     ('malformed_json', 'pi-1')
+    >>> decode_inbound(Inbound("edgewatch/v1/viewer/telemetry", b"{}", 1.7e9)).reason
+    'reserved_device'
     """
     try:
         device, kind = wire.parse_topic(msg.topic)
     except TopicError as exc:
-        return DeadLetter(msg.received_at, msg.topic, "bad_topic", str(exc)[:200], msg.payload)
+        # A role's username as a device (`viewer`, `aggregator`) is refused as loudly as a bad
+        # topic, under its own reason: it means a broker ACL lets a role publish as a device.
+        reason = "reserved_device" if isinstance(exc.__cause__, ReservedDeviceId) else "bad_topic"
+        return DeadLetter(msg.received_at, msg.topic, reason, str(exc)[:200], msg.payload)
     if kind in (wire.TELEMETRY, wire.BACKFILL):
         return _decode_readings(msg, device, kind == wire.BACKFILL, max_future)
     if kind == wire.STATUS:
@@ -378,7 +390,9 @@ class _Stream:
             if last
             else None,
         }
-        return StreamCheckpoint(self.series_id, detector_name, self.detector.to_bytes(), json.dumps(tracker))
+        return StreamCheckpoint(
+            self.series_id, detector_name, detector_to_bytes(self.detector), json.dumps(tracker)
+        )
 
 
 class Pipeline:
@@ -416,23 +430,29 @@ class Pipeline:
         store, settings = self.store, self.settings
         watermark, checkpoints = store.load_checkpoint()
         self._streams = {}
+        rejected: list[tuple[StreamCheckpoint, str]] = []
         for cp in checkpoints:
-            if cp.detector == settings.detector:
-                detector = detector_from_bytes(cp.blob)
-            else:
-                log.warning("series %d: detector changed from %s, starting fresh", cp.series_id, cp.detector)
-                detector = make_detector(settings.detector)
-            state = json.loads(cp.tracker)
-            stream = _Stream(
-                cp.series_id,
-                detector,
-                EpisodeTracker.from_state(state["live"], settings.episodes),
-                EpisodeTracker.from_state(state["late"], settings.episodes),
-            )
-            if state.get("last"):
-                stream.last = Verdict(**state["last"])
-            stream.dirty = False
+            try:
+                stream = self._restore(cp)
+            except CheckpointError as exc:
+                rejected.append((cp, str(exc)))
+                continue
             self._streams[cp.series_id] = stream
+        if rejected:
+            # Each such stream starts fresh (a warm-up); the others resume where they were.
+            with store.transaction():
+                for cp, reason in rejected:
+                    store.reject_checkpoint(cp, reason, now)
+            for cp, reason in rejected:
+                info = store.series_info(cp.series_id)
+                log.warning(
+                    "series %s/%s/%s: checkpoint not restored (%s); the stream starts fresh, "
+                    "the checkpoint is kept in rejected_checkpoints",
+                    info.device,
+                    info.sensor,
+                    info.metric,
+                    reason,
+                )
         self._status_ts = store.status_times()
         self.silence = SilenceWatch(settings.silence)
         silent = {a.device: a.start for a in store.list_alerts(kind="silent", state="open", limit=1 << 30)}
@@ -470,6 +490,29 @@ class Pipeline:
         if batch.report.publications:
             self._recovered = batch.report
         return replayed
+
+    def _restore(self, cp: StreamCheckpoint) -> _Stream:
+        """One stream from its checkpoint; CheckpointError if any part of it cannot be read."""
+        settings = self.settings
+        if cp.detector == settings.detector:
+            detector = detector_from_bytes(cp.blob)
+        else:
+            log.warning("series %d: detector changed from %s, starting fresh", cp.series_id, cp.detector)
+            detector = make_detector(settings.detector)
+        try:
+            state = json.loads(cp.tracker)
+            stream = _Stream(
+                cp.series_id,
+                detector,
+                EpisodeTracker.from_state(state["live"], settings.episodes),
+                EpisodeTracker.from_state(state["late"], settings.episodes),
+            )
+            if state.get("last"):
+                stream.last = Verdict(**state["last"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"unreadable episode state: {type(exc).__name__}: {exc}") from exc
+        stream.dirty = False
+        return stream
 
     # -- ingest ---------------------------------------------------------------------------------
 

@@ -63,8 +63,8 @@ class SinkConfig:
     group_s: float = 0.0  # transitions of one device within this window go out as one notification
     rate_per_s: float = 5.0  # notifications per second at most (token bucket) ...
     burst: int = 10  # ... with this many at once after a quiet spell
-    retry_base_s: float = 1.0  # backoff: the n-th retry waits up to retry_base_s * 2 ** (n - 1) ...
-    retry_cap_s: float = 300.0  # ... never more than this (Retry-After up to max_retry_after_s wins)
+    retry_base_s: float = 1.0  # backoff (devices.backoff.full_jitter): retry n waits up to
+    retry_cap_s: float = 300.0  # min(cap, base * 2 ** (n - 1)); a Retry-After (<= max_retry_after_s) wins
     max_retry_after_s: float = 3600.0
     headers: tuple[tuple[str, str], ...] = ()  # literal headers (nothing secret)
     header_files: tuple[tuple[str, str], ...] = ()  # header name -> file holding its value

@@ -7,9 +7,10 @@ token bucket and counters here are rebuilt empty on start, which at worst lets o
 What an answer means:
 
     2xx                               delivered: removed from the queue
-    no answer (refused, reset, timeout), 5xx, 408, 429
-                                      retried after the backoff, or after Retry-After if the
-                                      receiver sent one (capped at max_retry_after_s)
+    no answer (refused, reset, timeout), 5xx, 408, 425, 429
+                                      retried after edgewatch's one backoff (devices.backoff,
+                                      full jitter), or after Retry-After if the receiver sent
+                                      one (capped at max_retry_after_s)
     any other 4xx                     dead letter, with the status and the response body
 """
 
@@ -27,6 +28,7 @@ from cloud.notify.queue import Delivery, DeliveryQueue, Notice
 from cloud.notify.sinks import HttpRequest, Sink, make_sink
 from cloud.ops.views import alert_json
 from cloud.store.sqlite.store import AlertRecord
+from devices.backoff import full_jitter
 
 log = logging.getLogger("edgewatch.cloud.notify")
 
@@ -62,19 +64,6 @@ class Router:
             if sink.route.matches(data):
                 queued += self.queue.enqueue(sink.name, notice, now=now, group_s=sink.group_s)
         return queued
-
-
-def retry_delay(attempt: int, rng: random.Random, *, base: float, cap: float) -> float:
-    """Jittered exponential backoff before retry number `attempt` (1 = the first retry):
-    uniform in [d/2, d] with d = min(cap, base * 2 ** (attempt - 1)), so receivers recovering
-    from an outage are not hit by every aggregator at once, and no retry is immediate.
-
-    >>> rng = random.Random(1)
-    >>> [round(retry_delay(n, rng, base=1.0, cap=10.0), 2) for n in (1, 2, 3, 8)]
-    [0.57, 1.85, 3.53, 6.28]
-    """
-    d = min(cap, base * 2.0 ** max(0, attempt - 1))
-    return rng.uniform(d / 2, d)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -126,7 +115,7 @@ def judge(answer: Answer, attempts: int, now: float, config: SinkConfig, rng: ra
     if status is not None and 200 <= status < 300:
         return Outcome("delivered")
     if status is None or status >= 500 or status in RETRYABLE_4XX:
-        delay = retry_delay(attempts, rng, base=config.retry_base_s, cap=config.retry_cap_s)
+        delay = full_jitter(attempts - 1, config.retry_base_s, config.retry_cap_s, rng)
         asked = parse_retry_after(answer.retry_after, now)
         if asked is not None:
             delay = min(asked, config.max_retry_after_s)

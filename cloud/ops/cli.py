@@ -1,4 +1,4 @@
-"""`edgewatch alerts ...` and `edgewatch devices ...`: the operator's view of the store.
+"""`edgewatch alerts|devices|deadletters ...`: the operator's view of the store.
 
 Thin shells: resolve the database, call one query, hand the records to cloud.ops.views, print a
 table or `--json`. Only typer and the standard library load at import time (edgewatch.app
@@ -41,7 +41,15 @@ devices_app = typer.Typer(
     help="The fleet: presence, agent versions, data received and lost, open alerts.",
     no_args_is_help=True,
 )
-SUB_APPS: list[tuple[typer.Typer, str]] = [(alerts_app, "alerts"), (devices_app, "devices")]
+deadletters_app = typer.Typer(
+    help="What the aggregator refused to store, with the reason and the raw payload.",
+    no_args_is_help=True,
+)
+SUB_APPS: list[tuple[typer.Typer, str]] = [
+    (alerts_app, "alerts"),
+    (devices_app, "devices"),
+    (deadletters_app, "deadletters"),
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,27 +129,27 @@ def _duration(value: str, name: str) -> float:
         raise typer.BadParameter(str(exc), param_hint=name) from None
 
 
-def _complete(sql: str) -> Callable[[typer.Context, str], list[str]]:
+def _complete(kind: str) -> Callable[[typer.Context, str], list[str]]:
     """Shell completion from the store named on the command line so far; silent on any error."""
 
     def complete(ctx: typer.Context, incomplete: str) -> list[str]:
         try:
-            from cloud.store.sqlite.queries import open_store
+            from cloud.store.sqlite import queries
 
-            store = open_store(_db_path(ctx.params.get("db"), ctx.params.get("config")))
+            store = queries.open_store(_db_path(ctx.params.get("db"), ctx.params.get("config")))
             try:
-                rows = store.db.execute(sql, [incomplete + "%"]).fetchall()
+                find = queries.alert_ids if kind == "alert" else queries.device_ids
+                return find(store, incomplete)
             finally:
                 store.close()
         except Exception:  # completion must never print a traceback into the shell
             return []
-        return [str(r[0]) for r in rows]
 
     return complete
 
 
-_complete_alert = _complete("SELECT alert_id FROM alerts WHERE alert_id LIKE ? ORDER BY start DESC LIMIT 50")
-_complete_device = _complete("SELECT device FROM devices WHERE device LIKE ? ORDER BY device LIMIT 200")
+_complete_alert = _complete("alert")
+_complete_device = _complete("device")
 
 DbOpt = Annotated[
     Path | None,
@@ -515,6 +523,7 @@ def devices_show(
             for s in device_series(store, device)
         ]
         opened = _open_alerts(store).get(device, [])
+        dead = store.dead_letter_counts(device)
     firsts = [s.readings[0][0] for s in series if s.readings]
     since = max(since, min(firsts)) if firsts else since  # a young device fills the whole line
     kinds = {a.kind for a in opened}
@@ -523,6 +532,72 @@ def devices_show(
         data["window"] = {"since": since, "since_iso": iso(since), "until": until, "until_iso": iso(until)}
         data["series"] = [s.to_json() for s in series]
         data["alerts"] = [alert_json(a) for a in opened]
+        data["dead_letters"] = dead
         _print_json(data)
     else:
-        _console().print(device_panel(record, series, now, since=since, until=until, open_alerts=opened))
+        _console().print(
+            device_panel(record, series, now, since=since, until=until, open_alerts=opened, dead_letters=dead)
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# dead letters
+
+
+@deadletters_app.command("list")
+def deadletters_list(
+    *,
+    since: Annotated[
+        str | None, typer.Option(help="Only those received since: 30m, 1h, 2d, 1w or an ISO-8601 time.")
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="Only this reason (e.g. malformed_json, future_ts, reserved_device).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Only this device.", autocompletion=_complete_device)
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 100,
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List dead letters newest first: when, why, from which device and topic.
+
+    Example: edgewatch deadletters list --since 1h --reason malformed_json
+    """
+    from cloud.ops.views import dead_letter_json, dead_letters_table
+
+    now = time.time()
+    cutoff = _since(since, now)
+    with _store(db, config) as store:
+        letters = store.dead_letters(reason=reason, device=device, since=cutoff, limit=limit)
+        counts = store.dead_letter_counts(device)
+    if json_out:
+        _print_json([dead_letter_json(d, with_payload=False) for d in letters])
+        return
+    console = _console()
+    console.print(dead_letters_table(letters, now))
+    if counts:
+        console.print("all kept, by reason: " + ", ".join(f"{r} {n}" for r, n in counts.items()))
+
+
+@deadletters_app.command("show")
+def deadletters_show(
+    dead_id: Annotated[int, typer.Argument(metavar="ID", help="The id from `deadletters list`.")],
+    *,
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """One dead letter: reason, topic, time, and the raw payload shown safely (text or hex).
+
+    Example: edgewatch deadletters show 42 --json
+    """
+    from cloud.ops.views import dead_letter_details, dead_letter_json
+
+    with _store(db, config) as store:
+        letter = store.dead_letter(dead_id)
+    if json_out:
+        _print_json(dead_letter_json(letter))
+    else:
+        _console().print(dead_letter_details(letter, time.time()))

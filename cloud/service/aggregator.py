@@ -21,7 +21,6 @@ import fcntl
 import gc
 import logging
 import os
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,6 +42,7 @@ from cloud.service.metrics import Metrics
 from cloud.store.sqlite.delivery import SqliteDeliveryQueue
 from cloud.store.sqlite.store import Store
 from devices import wire
+from devices.backoff import Backoff
 from devices.model import Ack
 
 log = logging.getLogger("edgewatch.cloud.service.aggregator")
@@ -65,11 +65,6 @@ def settings_from(config: AggregatorConfig) -> PipelineSettings:
         max_future=config.max_future,
         ack_interval=config.ack_interval,
     )
-
-
-def backoff(attempt: int, base: float, cap: int) -> float:
-    """Jittered exponential backoff: uniform(0, base ** min(cap, attempt))."""
-    return random.uniform(0, base ** min(cap, attempt))
 
 
 class Aggregator:
@@ -176,19 +171,18 @@ class Aggregator:
 
     async def _connect(self, stop: asyncio.Event) -> None:
         config = self.config
-        attempt = 0
+        retry = Backoff(config.reconnect_base, config.reconnect_cap)
         while not stop.is_set():
             try:
                 await self._connect_and_serve(stop)
             except aiomqtt.MqttError as exc:
                 if self.connected.is_set():  # it had connected: back off from the start again
-                    attempt = 0
+                    retry.reset()
                 self.connected.clear()
                 self.metrics.connected.set(0)
                 if stop.is_set():
                     break
-                delay = backoff(attempt, config.reconnect_base, config.reconnect_cap)
-                attempt += 1
+                delay = retry.next_delay()
                 self.metrics.reconnects.inc()
                 log.warning("broker %s: %s; retrying in %.1fs", self.url.redacted(), exc, delay)
                 with contextlib.suppress(TimeoutError):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cloud.errors import SchemaTooNew, StoreError
-from cloud.store.sqlite.store import SCHEMA_VERSION, AlertRecord, Store
+from cloud.store.sqlite.store import SCHEMA_VERSION, AlertRecord, Store, connect_readonly
 
 SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 REQUIRED_TABLES: Final = frozenset({"alerts", "devices", "sources", "series", "messages", "readings"})
@@ -46,7 +46,7 @@ def check_store_file(path: Path) -> None:
     if magic != SQLITE_MAGIC:
         raise StoreError(f"{path} is not an edgewatch database (not a SQLite file)")
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+        conn = connect_readonly(path)
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             tables = {str(n) for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -72,17 +72,26 @@ def check_store_file(path: Path) -> None:
 
 
 def open_store(path: Path | str, *, write: bool = False) -> Store:
-    """An existing store; read-only unless `write` (only alert acknowledgements write)."""
+    """An existing store, for operators: read-only unless `write` (only alert acknowledgements
+    write). Read-only means it: `mode=ro` (works on a read-only file or directory), no pragma
+    that writes, no migration, no id caches, and it never blocks the aggregator."""
     path = Path(path)
     check_store_file(path)
-    store = Store(path, create=False)
-    if not write:
-        try:
-            store.db.execute("PRAGMA query_only = ON")
-        except sqlite3.Error as exc:
-            store.close()
-            raise StoreError(f"cannot open {path} read-only: {exc}") from exc
-    return store
+    return Store(path, create=False, readonly=not write)
+
+
+def alert_ids(store: Store, prefix: str, limit: int = 50) -> list[str]:
+    """Alert ids starting with `prefix`, newest first (shell completion)."""
+    sql = "SELECT alert_id FROM alerts WHERE alert_id LIKE ? ORDER BY start DESC LIMIT ?"
+    rows = _query(store, sql, (prefix + "%", limit))
+    return [str(r[0]) for r in rows]
+
+
+def device_ids(store: Store, prefix: str, limit: int = 200) -> list[str]:
+    """Device ids starting with `prefix` (shell completion)."""
+    sql = "SELECT device FROM devices WHERE device LIKE ? ORDER BY device LIMIT ?"
+    rows = _query(store, sql, (prefix + "%", limit))
+    return [str(r[0]) for r in rows]
 
 
 def _query(store: Store, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -162,7 +171,9 @@ def last_reading_ts(store: Store, device: str) -> float | None:
 
 __all__ = [
     "SeriesRow",
+    "alert_ids",
     "check_store_file",
+    "device_ids",
     "device_series",
     "find_alerts",
     "last_reading_ts",

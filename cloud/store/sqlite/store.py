@@ -16,6 +16,7 @@ Layout (schema version in `PRAGMA user_version`, upgraded by `MIGRATIONS` in ord
     notify_queue   alert transitions to deliver per sink (cloud.notify); dead letters stay
     notify_sinks   per sink: delivered, retried, failed, last success and last error
     detector_state checkpointed detector and episode state per series, plus `checkpoint` keys
+    rejected_checkpoints  checkpoints that could not be restored, kept aside with the reason
 
 Timestamps are unix seconds (REAL). The write path is plain sqlite3 `executemany` inside one
 `BEGIN IMMEDIATE` transaction per batch (WAL, synchronous=NORMAL: a committed row survives a
@@ -263,7 +264,16 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("checkpoint").create({"key": str, "value": float}, pk="key")
 
 
-def _v2_notify(db: sqlite_utils.Database) -> None:
+def _v2_rejected_checkpoints(db: sqlite_utils.Database) -> None:
+    """Checkpoints that could not be restored, kept for inspection instead of stopping the start."""
+    db.table("rejected_checkpoints").create(
+        {"id": int, "series_id": int, "detector": str, "blob": bytes, "tracker": str,
+         "reason": str, "rejected_at": float},
+        pk="id", not_null={"series_id", "detector", "blob", "tracker", "reason", "rejected_at"},
+    )  # fmt: skip
+
+
+def _v3_notify(db: sqlite_utils.Database) -> None:
     """The delivery queue of alert notifications (cloud.notify), one row per (sink, transition)."""
     db.table("notify_queue").create(
         {"id": int, "sink": str, "transition_id": str, "alert_id": str, "device": str,
@@ -284,7 +294,11 @@ def _v2_notify(db: sqlite_utils.Database) -> None:
     )  # fmt: skip
 
 
-MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (_v1, _v2_notify)
+MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (
+    _v1,
+    _v2_rejected_checkpoints,
+    _v3_notify,
+)
 """MIGRATIONS[i] upgrades a database from version i to i + 1; append, never edit."""
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -294,9 +308,7 @@ def _connect(path: Path, *, synchronous: str, create: bool, readonly: bool) -> s
         raise StoreError(f"no database at {path}")
     try:
         if readonly:
-            conn = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-            )
+            conn = connect_readonly(path)
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
     except sqlite3.Error as exc:
@@ -320,6 +332,20 @@ def _connect(path: Path, *, synchronous: str, create: bool, readonly: bool) -> s
     except sqlite3.Error as exc:
         conn.close()
         raise StoreError(f"cannot use database {path}: {exc}") from exc
+    return conn
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that never writes anything: not the database, not a -wal or -shm file.
+
+    With a writer at work (its -wal file exists) `mode=ro` reads beside it through the writer's
+    shared memory. Without one, `mode=ro` would still create -wal and -shm files (or fail on a
+    read-only directory), so the file is opened `immutable`: nothing writes it meanwhile.
+    """
+    uri = path.resolve().as_uri()
+    mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+    conn = sqlite3.connect(f"{uri}?{mode}", uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA query_only = ON")
     return conn
 
 
@@ -406,7 +432,9 @@ class Store:
         self._series_info: dict[int, SeriesInfo] = {}
         self._next_message_id = 0
         self._next_reading_id = 0
-        self._load_ids()
+        self.readonly = readonly
+        if not readonly:  # an operator's read needs none of the writer's id caches
+            self._load_ids()
 
     def _load_ids(self) -> None:
         self._sources = {(d, e): i for i, d, e in self._conn.execute("SELECT id, device, epoch FROM sources")}
@@ -491,9 +519,20 @@ class Store:
         return rows
 
     def find_series(self, device: str, sensor: str, metric: str) -> int | None:
+        if self.readonly:
+            sql = "SELECT id FROM series WHERE device = ? AND sensor = ? AND metric = ?"
+            row = self._conn.execute(sql, (device, sensor, metric)).fetchone()
+            return int(row[0]) if row else None
         return self._series.get((device, sensor, metric))
 
     def series_info(self, series_id: int) -> SeriesInfo:
+        if self.readonly:
+            row = self._conn.execute(
+                "SELECT id, device, sensor, metric, unit FROM series WHERE id = ?", (series_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"series {series_id} does not exist")
+            return SeriesInfo(int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4] or ""))
         return self._series_info[series_id]
 
     def next_message_id(self) -> int:
@@ -669,6 +708,25 @@ class Store:
             )
         ]
         return watermark, streams
+
+    def reject_checkpoint(self, checkpoint: StreamCheckpoint, reason: str, now: float) -> None:
+        """Move an unrestorable checkpoint aside (`rejected_checkpoints`); call in a transaction."""
+        self._conn.execute(
+            "INSERT INTO rejected_checkpoints(series_id, detector, blob, tracker, reason, rejected_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (checkpoint.series_id, checkpoint.detector, checkpoint.blob, checkpoint.tracker, reason, now),
+        )
+        self._conn.execute("DELETE FROM detector_state WHERE series_id = ?", (checkpoint.series_id,))
+
+    @_translated
+    def rejected_checkpoints(self) -> list[tuple[int, str, str, float]]:
+        """(series_id, detector, reason, rejected_at) of every checkpoint kept aside, oldest first."""
+        return [
+            (int(s), str(d), str(r), float(t))
+            for s, d, r, t in self._conn.execute(
+                "SELECT series_id, detector, reason, rejected_at FROM rejected_checkpoints ORDER BY id"
+            )
+        ]
 
     def readings_after(self, watermark: int, chunk: int = 10_000) -> Iterator[ReplayRow]:
         """Stored readings past the checkpoint, in the order they were first processed."""
@@ -958,13 +1016,28 @@ class Store:
         ]  # fmt: skip
 
     @_translated
-    def dead_letter_counts(self) -> dict[str, int]:
+    def dead_letter_counts(self, device: str | None = None) -> dict[str, int]:
+        """Dead letters per reason, of one device or of all."""
+        where, params = ("WHERE device = ? ", (device,)) if device is not None else ("", ())
         return {
             str(reason): int(n)
             for reason, n in self._conn.execute(
-                "SELECT reason, count(*) FROM dead_letter GROUP BY reason ORDER BY reason"
+                f"SELECT reason, count(*) FROM dead_letter {where}GROUP BY reason ORDER BY reason",  # noqa: S608
+                params,
             )
         }
+
+    @_translated
+    def dead_letter(self, dead_id: int) -> DeadLetterRecord:
+        """One dead letter by id; NotFound otherwise."""
+        rows = list(self.db.query("SELECT * FROM dead_letter WHERE id = ?", [dead_id]))
+        if not rows:
+            raise NotFound(f"dead letter {dead_id} does not exist")
+        r = rows[0]
+        return DeadLetterRecord(
+            r["id"], r["received_at"], r["topic"], r["reason"], r["detail"], r["device"],
+            r["epoch"], r["seq"], r["msg_id"] or "", r["payload"],
+        )  # fmt: skip
 
     @_translated
     def message(self, msg_id: str) -> list[dict[str, Any]]:
