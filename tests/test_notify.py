@@ -134,6 +134,14 @@ def test_a_webhook_down_then_500_then_429_then_up_gets_every_transition_once_in_
                 ),
                 what="every episode closed",
             )
+            metrics = aggregator.metrics.registry
+
+            def gauge(name: str) -> float:
+                return metrics.get_sample_value(name, {"sink": "hook"}) or 0.0
+
+            queued = 2 * count(db, "SELECT count(*) FROM alerts")
+            wait_for(lambda: gauge("edgewatch_notify_queue_depth") == queued, what="queue depth exported")
+            assert gauge("edgewatch_notify_oldest_undelivered_seconds") > 0
             time.sleep(PHASE_S)
             receiver.up("500")
             time.sleep(PHASE_S)
@@ -141,8 +149,9 @@ def test_a_webhook_down_then_500_then_429_then_up_gets_every_transition_once_in_
             time.sleep(PHASE_S)
             receiver.mode = "ok"
             wait_for(lambda: queue_rows(db) == 0, timeout=30, what="every delivery made")
-            metrics = aggregator.metrics.registry
-            delivered = metrics.get_sample_value("edgewatch_notify_delivered_total", {"sink": "hook"})
+            wait_for(lambda: gauge("edgewatch_notify_queue_depth") == 0, what="queue depth back to 0")
+            delivered = gauge("edgewatch_notify_delivered_total")
+            assert gauge("edgewatch_notify_retried_total") > 0 and gauge("edgewatch_notify_failed_total") == 0
             agent.close()
     finally:
         receiver.down()
