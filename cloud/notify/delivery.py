@@ -2,7 +2,7 @@
 
 No network I/O and an explicit `now` everywhere; `cloud.notify.shell` sends the requests. The
 queue (`cloud.notify.queue.DeliveryQueue`) is the only state that matters across a crash: the
-token bucket and counters here are rebuilt empty on start, which at worst lets one burst out.
+token bucket here is rebuilt full on start, which at worst lets one burst out.
 
 What an answer means:
 
@@ -159,13 +159,6 @@ class Notification:
         return max(d.attempts for d in self.deliveries)
 
 
-@dataclass(slots=True)
-class LaneCounters:
-    delivered: int = 0
-    retried: int = 0
-    failed: int = 0
-
-
 class SinkLane:
     """One sink's side of the engine: take a due group, judge the answer, settle the queue.
 
@@ -187,7 +180,6 @@ class SinkLane:
         self.queue = queue
         self.rng = rng or random.Random()
         self.bucket = TokenBucket(config.rate_per_s, config.burst, now=now)
-        self.counters = LaneCounters()
         self._open_alerts = open_alerts
         self._next_resend = now  # Alertmanager learns the open alerts again at start
 
@@ -217,18 +209,15 @@ class SinkLane:
         n = len(ids)
         if outcome.kind == "delivered":
             self.queue.delivered(ids, now=now)
-            self.counters.delivered += n
         elif outcome.kind == "retry":
             assert outcome.due_at is not None
             self.queue.retry_at(ids, due_at=outcome.due_at, error=outcome.reason, now=now)
-            self.counters.retried += n
             log.warning(
                 "sink %s: %d transitions not delivered (%s); retry %d in %.1fs",
                 self.name, n, outcome.reason, notification.attempts, outcome.due_at - now,
             )  # fmt: skip
         else:
             self.queue.dead_letter(ids, error=outcome.reason, response=answer.body, now=now)
-            self.counters.failed += n
             log.error(
                 "sink %s refused %d transitions (%s): kept as dead letters, see `edgewatch notify status`",
                 self.name, n, outcome.reason,

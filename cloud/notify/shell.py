@@ -8,7 +8,6 @@ delays only its own lane.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,10 +32,6 @@ MAX_BODY = 4096  # characters of a response body kept
 
 class Serialised(Protocol):
     async def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
-
-
-async def _direct(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    return fn(*args, **kwargs)
 
 
 async def send(client: httpx.AsyncClient, request: HttpRequest, timeout_s: float) -> Answer:
@@ -71,19 +66,13 @@ class Courier:
         lanes: Sequence[SinkLane],
         *,
         poll_s: float,
-        call: Serialised = _direct,
+        call: Serialised,
         metrics: NotifyMetrics | None = None,
     ) -> None:
         self.lanes = list(lanes)
         self.poll_s = poll_s
         self.call = call
         self.metrics = metrics
-        self._wake = {lane.name: asyncio.Event() for lane in self.lanes}
-
-    def wake(self) -> None:
-        """New transitions were queued: look now rather than at the next poll."""
-        for event in self._wake.values():
-            event.set()
 
     async def run(self) -> None:
         if not self.lanes:
@@ -93,7 +82,6 @@ class Courier:
                 group.create_task(self._lane(client, lane), name=f"notify-{lane.name}")
 
     async def _lane(self, client: httpx.AsyncClient, lane: SinkLane) -> None:
-        wake = self._wake[lane.name]
         while True:
             try:
                 busy = await self._step(client, lane)
@@ -105,11 +93,8 @@ class Courier:
                 busy = False
             if busy:
                 continue
-            delay = max(self.poll_s, lane.wait(time.time()))
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await wake.wait()
+            # New transitions are found by polling: the pipeline commits them on its own schedule.
+            await asyncio.sleep(max(self.poll_s, lane.wait(time.time())))
 
     async def _step(self, client: httpx.AsyncClient, lane: SinkLane) -> bool:
         """Send one due notification (True), or refresh the gauges when there is none (False)."""
