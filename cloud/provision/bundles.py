@@ -382,6 +382,10 @@ def _role_config(
     if url.tls:
         aggregator.add("ca_file", str(install_dir / "ca.crt"))
     aggregator.add("db", str(cloud_db))
+    aggregator.add(nl())
+    for line in ("Push alerts to people (README: Getting alerts to people):", "[[notify.sinks]]",
+                 'name = "oncall"', 'type = "alertmanager"', 'url = "http://127.0.0.1:9093"'):  # fmt: skip
+        aggregator.add(comment(line))
     doc.add("aggregator", aggregator)
     return tomlkit.dumps(doc)
 
