@@ -11,13 +11,26 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
 from cloud.errors import StoreError
 from cloud.notify.queue import DeadDelivery, Delivery, Notice, SinkStatus
 from cloud.store.sqlite.store import Store
 
 MAX_TEXT = 4096  # characters of an error or a response body kept
+# Each statement takes the oldest due deliveries, but never one whose alert has an earlier
+# delivery queued and not due (in flight or backing off): one alert's transitions go in order.
+_TAKE_HEAD: Final = (
+    "SELECT device FROM notify_queue q WHERE sink = ?1 AND state = 'pending' AND due_at <= ?2 "
+    "AND NOT EXISTS (SELECT 1 FROM notify_queue p WHERE p.sink = q.sink AND p.alert_id = q.alert_id "
+    "AND p.state = 'pending' AND p.due_at > ?2 AND p.id < q.id) ORDER BY id LIMIT 1"
+)
+_TAKE_GROUP: Final = (
+    "SELECT id, transition_id, alert_id, device, notice, created_at, attempts FROM notify_queue q "
+    "WHERE sink = ?1 AND device = ?3 AND state = 'pending' AND due_at <= ?2 "
+    "AND NOT EXISTS (SELECT 1 FROM notify_queue p WHERE p.sink = q.sink AND p.alert_id = q.alert_id "
+    "AND p.state = 'pending' AND p.due_at > ?2 AND p.id < q.id) ORDER BY id LIMIT ?4"
+)
 
 
 class SqliteDeliveryQueue:
@@ -44,21 +57,10 @@ class SqliteDeliveryQueue:
 
     def take_group(self, sink: str, *, now: float, lease_s: float, limit: int) -> list[Delivery]:
         with self._write() as conn:  # sqlite3 errors become StoreError there
-            blocked = dict(
-                conn.execute(
-                    "SELECT alert_id, min(id) FROM notify_queue WHERE sink = ? AND state = 'pending' "
-                    "AND due_at > ? GROUP BY alert_id",
-                    (sink, now),
-                ).fetchall()
-            )
-            rows = conn.execute(
-                "SELECT id, transition_id, alert_id, device, notice, created_at, attempts "
-                "FROM notify_queue WHERE sink = ? AND state = 'pending' AND due_at <= ? "
-                "ORDER BY id LIMIT ?",
-                (sink, now, limit * 10),
-            ).fetchall()
-            eligible = [r for r in rows if not (r[2] in blocked and blocked[r[2]] < r[0])]
-            taken = [r for r in eligible if r[3] == eligible[0][3]][:limit] if eligible else []
+            head = conn.execute(_TAKE_HEAD, (sink, now)).fetchone()
+            if head is None:
+                return []
+            taken = conn.execute(_TAKE_GROUP, (sink, now, head[0], limit)).fetchall()
             conn.executemany(
                 "UPDATE notify_queue SET due_at = ?, attempts = attempts + 1 WHERE id = ?",
                 [(now + lease_s, r[0]) for r in taken],

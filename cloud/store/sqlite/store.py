@@ -284,8 +284,10 @@ def _v3_notify(db: sqlite_utils.Database) -> None:
         defaults={"attempts": 0, "state": "pending", "last_error": "", "response": ""},
     )  # fmt: skip
     db.table("notify_queue").create_index(["sink", "transition_id"], unique=True)
-    db.table("notify_queue").create_index(["sink", "state", "due_at"])
-    db.table("notify_queue").create_index(["sink", "device", "state"])
+    # The oldest due delivery, its device's others, and the earlier ones of its alert.
+    db.table("notify_queue").create_index(["sink", "state", "id"])
+    db.table("notify_queue").create_index(["sink", "device", "state", "id"])
+    db.table("notify_queue").create_index(["sink", "alert_id", "state", "id"])
     db.table("notify_sinks").create(
         {"sink": str, "delivered": int, "retried": int, "failed": int, "last_success_at": float,
          "last_error_at": float, "last_error": str},
