@@ -101,6 +101,21 @@ def test_one_devices_transitions_within_the_window_go_as_one_notification(store:
     assert ids(lane, T0 + 21) == ["a3.open"]
 
 
+def test_alertmanager_takes_every_devices_due_transitions_in_one_request_still_in_order(store: Store) -> None:
+    router, lane = lane_for(store, sink(type="alertmanager", url="http://am:9093"))
+    enqueue(store, router, *(alert(f"a{i}", device=f"pi-{i}") for i in range(3)), now=T0)
+    first = lane.take(T0)
+    assert first is not None and [d.notice.transition_id for d in first.deliveries] == [
+        "a0.open",
+        "a1.open",
+        "a2.open",
+    ]
+    enqueue(store, router, alert("a1", state="closed"), alert("a3", device="pi-3"), now=T0 + 1)
+    assert ids(lane, T0 + 1) == ["a3.open"]  # a1's close waits for its open, still in flight
+    lane.settle(first, OK, T0 + 2)
+    assert ids(lane, T0 + 2) == ["a1.closed"]
+
+
 def test_a_close_never_overtakes_its_open_and_a_lease_expires_for_a_lost_request(store: Store) -> None:
     router, lane = lane_for(store, sink(timeout_s=5.0, retry_base_s=1.0, retry_cap_s=1.0))
     enqueue(store, router, alert("a1"), now=T0)

@@ -196,7 +196,9 @@ class SinkLane:
         if self.bucket.wait(now) > 0:
             return None
         lease = self.config.timeout_s + LEASE_MARGIN_S
-        deliveries = self.queue.take_group(self.name, now=now, lease_s=lease, limit=MAX_GROUP)
+        deliveries = self.queue.take_group(
+            self.name, now=now, lease_s=lease, limit=MAX_GROUP, per_device=self.sink.per_device
+        )
         if not deliveries:
             return None
         self.bucket.take(now)

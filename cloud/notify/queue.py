@@ -81,9 +81,12 @@ class DeliveryQueue(Protocol):
         """
         ...
 
-    def take_group(self, sink: str, *, now: float, lease_s: float, limit: int) -> list[Delivery]:
-        """The oldest due delivery and the other due ones of its device (at most `limit`), in
-        queue order, each leased until now + lease_s with its attempt counted: one notification.
+    def take_group(
+        self, sink: str, *, now: float, lease_s: float, limit: int, per_device: bool = True
+    ) -> list[Delivery]:
+        """The oldest due delivery and the other due ones of its device (at most `limit`; with
+        `per_device` False, of any device), in queue order, each leased until now + lease_s with
+        its attempt counted: one notification.
 
         A delivery whose alert has an earlier delivery still queued and not due (backing off or
         in flight) is not taken: transitions of one alert go out in order.

@@ -66,6 +66,8 @@ def am_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class AlertmanagerSink:
+    per_device = False  # Alertmanager groups by itself: a fleet's storm goes in one request
+
     def __init__(self, config: SinkConfig) -> None:
         self.config = config
         self.url = config.url.rstrip("/") + "/api/v2/alerts"

@@ -28,6 +28,7 @@ class HttpRequest:
 
 class Sink(Protocol):
     config: SinkConfig
+    per_device: bool  # one notification carries one device's transitions (False: any device's)
 
     def render(self, notices: Sequence[Notice], now: float) -> HttpRequest:
         """One notification carrying `notices` (one device's, in queue order)."""

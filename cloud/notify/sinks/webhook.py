@@ -44,6 +44,8 @@ def slack_line(alert: Mapping[str, Any], transition: str) -> str:
 
 
 class WebhookSink:
+    per_device = True  # people read these: one message per device (within group_s)
+
     def __init__(self, config: SinkConfig) -> None:
         self.config = config
         self.headers = common_headers(config)

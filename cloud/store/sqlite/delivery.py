@@ -31,6 +31,12 @@ _TAKE_GROUP: Final = (
     "AND NOT EXISTS (SELECT 1 FROM notify_queue p WHERE p.sink = q.sink AND p.alert_id = q.alert_id "
     "AND p.state = 'pending' AND p.due_at > ?2 AND p.id < q.id) ORDER BY id LIMIT ?4"
 )
+_TAKE_DUE: Final = (
+    "SELECT id, transition_id, alert_id, device, notice, created_at, attempts FROM notify_queue q "
+    "WHERE sink = ?1 AND state = 'pending' AND due_at <= ?2 "
+    "AND NOT EXISTS (SELECT 1 FROM notify_queue p WHERE p.sink = q.sink AND p.alert_id = q.alert_id "
+    "AND p.state = 'pending' AND p.due_at > ?2 AND p.id < q.id) ORDER BY id LIMIT ?3"
+)
 
 
 class SqliteDeliveryQueue:
@@ -55,12 +61,17 @@ class SqliteDeliveryQueue:
         )  # fmt: skip
         return cur.rowcount == 1
 
-    def take_group(self, sink: str, *, now: float, lease_s: float, limit: int) -> list[Delivery]:
+    def take_group(
+        self, sink: str, *, now: float, lease_s: float, limit: int, per_device: bool = True
+    ) -> list[Delivery]:
         with self._write() as conn:  # sqlite3 errors become StoreError there
-            head = conn.execute(_TAKE_HEAD, (sink, now)).fetchone()
-            if head is None:
-                return []
-            taken = conn.execute(_TAKE_GROUP, (sink, now, head[0], limit)).fetchall()
+            if per_device:
+                head = conn.execute(_TAKE_HEAD, (sink, now)).fetchone()
+                if head is None:
+                    return []
+                taken = conn.execute(_TAKE_GROUP, (sink, now, head[0], limit)).fetchall()
+            else:
+                taken = conn.execute(_TAKE_DUE, (sink, now, limit)).fetchall()
             conn.executemany(
                 "UPDATE notify_queue SET due_at = ?, attempts = attempts + 1 WHERE id = ?",
                 [(now + lease_s, r[0]) for r in taken],
