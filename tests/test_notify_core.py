@@ -284,3 +284,13 @@ def test_webhook_body_golden_bytes() -> None:
     request = make_sink(sink(slack_text=True)).render(notices, T0)
     golden = Path(__file__).parent / "golden" / "webhook_v1.1.json"
     assert request.body == golden.read_bytes().rstrip(b"\n")
+
+
+def test_the_readmes_cloud_toml_example_is_a_valid_notify_table() -> None:
+    import tomllib
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme[readme.index("# cloud.toml, beside the [aggregator] table") :]
+    notify = parse_notify(tomllib.loads(block[: block.index("```")])["notify"])
+    assert [s.name for s in notify.sinks] == ["oncall", "chat"]
+    assert notify.sink("chat").route.devices == ("greenhouse-*",)
