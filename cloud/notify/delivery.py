@@ -228,7 +228,7 @@ class SinkLane:
 
     def resend(self, now: float) -> HttpRequest | None:
         """The periodic re-post of open alerts, when it is due (Alertmanager only)."""
-        if self._open_alerts is None or now < self._next_resend:
+        if not self.sink.resends or self._open_alerts is None or now < self._next_resend:
             return None
         self._next_resend = now + self.config.resend_s
         alerts = [a for a in self._open_alerts() if self.config.route.matches(a)]

@@ -67,6 +67,7 @@ def am_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
 
 class AlertmanagerSink:
     per_device = False  # Alertmanager groups by itself: a fleet's storm goes in one request
+    resends = True  # it resolves a firing alert not re-posted within its resolve_timeout
 
     def __init__(self, config: SinkConfig) -> None:
         self.config = config

@@ -29,13 +29,14 @@ class HttpRequest:
 class Sink(Protocol):
     config: SinkConfig
     per_device: bool  # one notification carries one device's transitions (False: any device's)
+    resends: bool  # the receiver forgets: re-post the open alerts every resend_s
 
     def render(self, notices: Sequence[Notice], now: float) -> HttpRequest:
         """One notification carrying `notices` (one device's, in queue order)."""
         ...
 
     def resend(self, open_alerts: Sequence[Mapping[str, Any]], now: float) -> HttpRequest | None:
-        """A periodic re-post of the open alerts, for receivers that forget (None: not needed)."""
+        """The periodic re-post of the open alerts (None when there are none, or `resends` is False)."""
         ...
 
 

@@ -45,6 +45,7 @@ def slack_line(alert: Mapping[str, Any], transition: str) -> str:
 
 class WebhookSink:
     per_device = True  # people read these: one message per device (within group_s)
+    resends = False  # a webhook receives events, not state: nothing to refresh
 
     def __init__(self, config: SinkConfig) -> None:
         self.config = config
@@ -64,4 +65,4 @@ class WebhookSink:
         return HttpRequest(self.config.url, raw, headers)
 
     def resend(self, open_alerts: Sequence[Mapping[str, Any]], now: float) -> HttpRequest | None:
-        return None  # a webhook receives events, not state: nothing to refresh
+        return None
