@@ -37,7 +37,7 @@ from cloud.notify.shell import Courier  # noqa: E402
 from cloud.notify.sinks import make_sink  # noqa: E402
 from cloud.ops.views import alert_json  # noqa: E402
 from cloud.store.sqlite.delivery import SqliteDeliveryQueue  # noqa: E402
-from cloud.store.sqlite.store import Store  # noqa: E402
+from cloud.store.sqlite.store import SqliteStore  # noqa: E402
 
 RECEIVER = """
 import sys
@@ -109,7 +109,7 @@ def main() -> None:
         notices = [Notice(f"{a['alert_id']}.open", a["alert_id"], a["device"], "open", a) for a in alerts]
         bodies = [sink.render([n], now).body for n in notices]
         raw = asyncio.run(ceiling(url, bodies, list(sink.render([], now).headers)))
-        with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "cloud.db") as store:
+        with tempfile.TemporaryDirectory() as tmp, SqliteStore(Path(tmp) / "cloud.db") as store:
             queue = SqliteDeliveryQueue(store)
             notify = NotifyConfig((config,), poll_s=0.01)
             router = Router(notify, queue)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.mosquitto import MOSQUITTO, Mosquitto
+from tests.postgres import Postgres, pg_bin
 
 
 def _require_mosquitto() -> None:
@@ -48,3 +49,28 @@ def small_filesystem(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     finally:
         for where in mounted:
             subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One private PostgreSQL for the session (started on first use); never the shared 5432."""
+    if pg_bin() is None:
+        pytest.fail("PostgreSQL is not installed: run scripts/test.sh (it installs it as root)")
+    server = Postgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+STORE_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a fresh, empty store lives, once per backend: a SQLite path or a new database's URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "cloud.db")
+    server: Postgres = request.getfixturevalue("postgres_server")
+    return server.create_database()

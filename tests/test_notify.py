@@ -12,7 +12,6 @@ import hmac
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -27,10 +26,11 @@ from cloud.notify.ops import synthetic_alert
 from cloud.notify.queue import Notice
 from cloud.notify.sinks import make_sink
 from cloud.ops.views import alert_json
-from cloud.store.sqlite.store import Store
+from cloud.store.api import open_store
+from cloud.store.delivery import delivery_queue
 from tests.mosquitto import Mosquitto
 from tests.notify_helpers import ALERTMANAGER, Alertmanager, Receiver, publish_spiky
-from tests.test_aggregator import FakeAgent, count, fast_config, running, wait_for
+from tests.test_aggregator import FakeAgent, fast_config, running, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -47,7 +47,7 @@ def webhook(receiver: Receiver, **changes: Any) -> NotifyConfig:
 
 def expected_transitions(db: Path) -> dict[str, list[str]]:
     """alert_id -> its transition ids in order, from the store."""
-    with Store(db) as store:
+    with open_store(db, readonly=True) as store:
         alerts = store.list_alerts(limit=1000)
     out: dict[str, list[str]] = {}
     for a in alerts:
@@ -59,9 +59,21 @@ def delivered_events(receiver: Receiver) -> list[dict[str, Any]]:
     return [e for r in receiver.accepted() for e in r.json()["events"]]
 
 
-def queue_rows(db: Path, state: str = "pending") -> int:
-    with sqlite3.connect(db) as conn:
-        return int(conn.execute("SELECT count(*) FROM notify_queue WHERE state = ?", (state,)).fetchone()[0])
+def count_alerts(db: Path, state: str | None = None) -> int:
+    """Alerts in the store, through its read model."""
+    if not db.exists():
+        return 0
+    with open_store(db, readonly=True) as store:
+        return len(store.list_alerts(state=state, limit=10_000))
+
+
+def queue_rows(db: Path, state: str = "pending", sink: str = "hook") -> int:
+    """Transitions queued (or, with state "dead", dead-lettered) for one sink."""
+    if not db.exists():
+        return 0
+    with open_store(db, readonly=True) as store:
+        (status,) = delivery_queue(store).status([sink], dead_limit=0)
+    return status.queued if state == "pending" else status.dead_total
 
 
 @pytest.fixture
@@ -90,7 +102,7 @@ def test_a_spike_fires_in_alertmanager_with_its_labels_resolves_there_and_is_rel
         publish_spiky(agent, ["pi-am", "gw-other"], N, (300,), stop=302, t0=t0)  # the spike, still open
         wait_for(lambda: len(alertmanager.alerts()) == 1, what="the alert firing in alertmanager")
         (fired,) = alertmanager.alerts()
-        with Store(db) as store:
+        with open_store(db, readonly=True) as store:
             (alert,) = store.list_alerts(device="pi-am")
             assert len(store.list_alerts(device="gw-other")) == 1  # raised, but not routed to "am"
         assert fired["labels"] == {
@@ -109,11 +121,11 @@ def test_a_spike_fires_in_alertmanager_with_its_labels_resolves_there_and_is_rel
         wait_for(lambda: len(alertmanager.alerts()) == 1, what="the open alert re-posted")
 
         publish_spiky(agent, ["pi-am", "gw-other"], N, (300,), start=302, t0=t0)  # the episode closes
-        wait_for(lambda: count(db, "SELECT count(*) FROM alerts WHERE state = 'closed'") == 2, what="closed")
+        wait_for(lambda: count_alerts(db, "closed") == 2, what="closed")
         wait_for(lambda: alertmanager.alerts() == [], what="resolved in alertmanager")
-        wait_for(lambda: queue_rows(db) == 0, what="queue drained")
+        wait_for(lambda: queue_rows(db, sink="am") == 0, what="queue drained")
         agent.close()
-    assert queue_rows(db, "dead") == 0
+    assert queue_rows(db, "dead", sink="am") == 0
 
 
 def test_a_webhook_down_then_500_then_429_then_up_gets_every_transition_once_in_order(
@@ -129,8 +141,8 @@ def test_a_webhook_down_then_500_then_429_then_up_gets_every_transition_once_in_
             wait_for(lambda: agent.acked_count("pi-c", "e1") == N, what="all stored")
             wait_for(
                 lambda: (
-                    count(db, "SELECT count(*) FROM alerts WHERE state = 'open'") == 0
-                    and count(db, "SELECT count(*) FROM alerts") >= len(devices)
+                    count_alerts(db, "open") == 0
+                    and count_alerts(db) >= len(devices)
                 ),
                 what="every episode closed",
             )
@@ -139,7 +151,7 @@ def test_a_webhook_down_then_500_then_429_then_up_gets_every_transition_once_in_
             def gauge(name: str) -> float:
                 return metrics.get_sample_value(name, {"sink": "hook"}) or 0.0
 
-            queued = 2 * count(db, "SELECT count(*) FROM alerts")
+            queued = 2 * count_alerts(db)
             wait_for(lambda: gauge("edgewatch_notify_queue_depth") == queued, what="queue depth exported")
             assert gauge("edgewatch_notify_oldest_undelivered_seconds") > 0
             time.sleep(PHASE_S)
@@ -219,8 +231,8 @@ def test_sigkilled_with_deliveries_queued_the_restarted_aggregator_delivers_them
         )
         wait_for(
             lambda: (
-                count(db, "SELECT count(*) FROM alerts WHERE state = 'open'") == 0
-                and queue_rows(db) == 2 * count(db, "SELECT count(*) FROM alerts") > 0
+                count_alerts(db, "open") == 0
+                and queue_rows(db) == 2 * count_alerts(db) > 0
             ),
             what="every transition queued",
         )

@@ -19,8 +19,8 @@ from cloud.notify.delivery import Answer, Router, SinkLane, judge
 from cloud.notify.sinks import make_sink
 from cloud.notify.sinks.alertmanager import am_alert
 from cloud.ops.views import alert_json
-from cloud.store.sqlite.delivery import SqliteDeliveryQueue
-from cloud.store.sqlite.store import AlertRecord, Store
+from cloud.store.api import AlertRecord, Store, open_store
+from cloud.store.delivery import delivery_queue
 
 T0 = 1_767_225_600.0
 OK, DOWN = Answer(200, "ok"), Answer(None, error="ConnectError: refused")
@@ -43,12 +43,12 @@ def sink(**changes: Any) -> SinkConfig:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Any:
-    with Store(tmp_path / "cloud.db") as s:
+    with open_store(tmp_path / "cloud.db", readonly=False, create=True) as s:
         yield s
 
 
 def lane_for(store: Store, config: SinkConfig, now: float = T0) -> tuple[Router, SinkLane]:
-    queue = SqliteDeliveryQueue(store)
+    queue = delivery_queue(store)
     return Router(NotifyConfig((config,)), queue), SinkLane(
         make_sink(config), queue, now=now, rng=random.Random(0)
     )
@@ -69,7 +69,7 @@ def ids(lane: SinkLane, now: float) -> list[str]:
 
 
 def test_routes_select_sinks_by_device_glob_metric_kind_and_severity(store: Store) -> None:
-    queue = SqliteDeliveryQueue(store)
+    queue = delivery_queue(store)
     sinks = (
         sink(name="all"),
         sink(name="pis", route=Route(devices=("pi-*",))),

@@ -58,7 +58,8 @@ def status_cmd(
         typer.Option("--config", help="The aggregator's TOML config: its db and its sinks."),
     ] = None,
     db: Annotated[
-        Path | None, typer.Option("--db", help="The store, when not the one --config names.")
+        str | None,
+        typer.Option("--db", help="The store (SQLite file or postgresql:// URL), if not --config's db."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:

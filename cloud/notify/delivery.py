@@ -27,7 +27,7 @@ from cloud.notify.config import NotifyConfig, SinkConfig
 from cloud.notify.queue import Delivery, DeliveryQueue, Notice
 from cloud.notify.sinks import HttpRequest, Sink, make_sink
 from cloud.ops.views import alert_json
-from cloud.store.sqlite.store import AlertRecord
+from cloud.store.api import AlertRecord
 from devices.backoff import full_jitter
 
 log = logging.getLogger("edgewatch.cloud.notify")

@@ -14,8 +14,8 @@ from cloud.notify.queue import Notice, SinkStatus
 from cloud.notify.shell import send
 from cloud.notify.sinks import make_sink
 from cloud.ops.views import ago, alert_json, iso
-from cloud.store.sqlite.delivery import SqliteDeliveryQueue
-from cloud.store.sqlite.store import AlertRecord, Store
+from cloud.store.api import AlertRecord, Store
+from cloud.store.delivery import delivery_queue
 
 TEST_DEVICE = "edgewatch-notify-test"
 
@@ -49,7 +49,7 @@ def send_test(config: NotifyConfig, sink_name: str, now: float) -> Answer:
 
 def status(store: Store, config: NotifyConfig | None, *, dead_limit: int = 20) -> list[SinkStatus]:
     """Every configured sink (or, without a config, every sink the store has seen), in order."""
-    queue = SqliteDeliveryQueue(store)
+    queue = delivery_queue(store)
     names = [s.name for s in config.sinks] if config is not None else []
     names += [n for n in queue.known_sinks() if n not in names]
     return queue.status(names, dead_limit=dead_limit)

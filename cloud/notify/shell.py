@@ -20,7 +20,7 @@ from cloud.notify.delivery import Answer, SinkLane
 from cloud.notify.metrics import NotifyMetrics
 from cloud.notify.sinks import HttpRequest
 from cloud.ops.views import alert_json
-from cloud.store.sqlite.store import Store
+from cloud.store.api import Store
 
 log = logging.getLogger("edgewatch.cloud.notify")
 

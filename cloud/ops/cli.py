@@ -24,7 +24,7 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from cloud.store.sqlite.store import Store, StoredReading
+    from cloud.store.api import Store, StoredReading
 
 DB_ENV: Final = "EDGEWATCH_DB"
 BROKER_ENV: Final = "EDGEWATCH_BROKER"
@@ -72,24 +72,26 @@ def _errors() -> Iterator[None]:
         raise _fail(str(exc)) from None
 
 
-def _db_path(db: Path | None, config: Path | None) -> Path:
-    """--db, else the aggregator config's db, else $EDGEWATCH_DB, else the aggregator's default."""
+def _db_path(db: str | None, config: Path | None) -> str:
+    """--db, else the aggregator config's db, else $EDGEWATCH_DB, else the aggregator's default.
+
+    A SQLite path or a postgresql:// URL (a str: a Path would fold the URL's `//`).
+    """
     if db is not None:
         return db
     if config is not None:
         from cloud.service.config import load_config
 
-        return Path(load_config(config).db)
-    env = os.environ.get(DB_ENV)
-    return Path(env) if env else Path(DEFAULT_DB)
+        return load_config(config).db
+    return os.environ.get(DB_ENV) or DEFAULT_DB
 
 
 @contextmanager
-def _store(db: Path | None, config: Path | None, *, write: bool = False) -> Iterator[Store]:
-    from cloud.store.sqlite.queries import open_store
+def _store(db: str | None, config: Path | None, *, write: bool = False) -> Iterator[Store]:
+    from cloud.store.api import open_store
 
     with _errors():
-        store = open_store(_db_path(db, config), write=write)
+        store = open_store(_db_path(db, config), readonly=not write)
         try:
             yield store
         finally:
@@ -129,17 +131,16 @@ def _duration(value: str, name: str) -> float:
         raise typer.BadParameter(str(exc), param_hint=name) from None
 
 
-def _complete(kind: str) -> Callable[[typer.Context, str], list[str]]:
+def _complete(query: Callable[[Store, str], list[str]]) -> Callable[[typer.Context, str], list[str]]:
     """Shell completion from the store named on the command line so far; silent on any error."""
 
     def complete(ctx: typer.Context, incomplete: str) -> list[str]:
         try:
-            from cloud.store.sqlite import queries
+            from cloud.store.api import open_store
 
-            store = queries.open_store(_db_path(ctx.params.get("db"), ctx.params.get("config")))
+            store = open_store(_db_path(ctx.params.get("db"), ctx.params.get("config")), readonly=True)
             try:
-                find = queries.alert_ids if kind == "alert" else queries.device_ids
-                return find(store, incomplete)
+                return query(store, incomplete)
             finally:
                 store.close()
         except Exception:  # completion must never print a traceback into the shell
@@ -148,14 +149,15 @@ def _complete(kind: str) -> Callable[[typer.Context, str], list[str]]:
     return complete
 
 
-_complete_alert = _complete("alert")
-_complete_device = _complete("device")
+_complete_alert = _complete(lambda store, prefix: store.alert_ids_starting(prefix, 50))
+_complete_device = _complete(lambda store, prefix: store.devices_starting(prefix, 200))
 
 DbOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--db",
-        help=f"The aggregator's SQLite store. Default: --config's db, else ${DB_ENV}, else ./{DEFAULT_DB}.",
+        help="The aggregator's store: a SQLite file or postgresql://user@host/db. "
+        f"Default: --config's db, else ${DB_ENV}, else ./{DEFAULT_DB}.",
         show_default=False,
     ),
 ]
@@ -196,13 +198,11 @@ def alerts_list(
     Example: edgewatch alerts list --since 12h --open --db /var/lib/edgewatch/cloud.db
     """
     from cloud.ops.views import alert_json, alerts_table
-    from cloud.store.sqlite.queries import find_alerts
 
     now = time.time()
     cutoff = _since(since, now)
     with _store(db, config) as store:
-        alerts = find_alerts(
-            store,
+        alerts = store.find_alerts(
             since=cutoff,
             device=device,
             metric=metric,
@@ -341,7 +341,6 @@ def alerts_show(
         plot_text,
         thin,
     )
-    from cloud.store.sqlite.queries import last_reading_ts
 
     pad = _duration(margin, "--margin")
     now = time.time()
@@ -354,7 +353,7 @@ def alerts_show(
         readings: list[StoredReading] = []
         since = until = alert.start
         if alert.metric:
-            last = last_reading_ts(store, alert.device) if alert.end is None else None
+            last = store.last_reading_ts(alert.device) if alert.end is None else None
             since, until = plot_range(alert, pad, last_ts=last)
             readings = store.readings(
                 alert.device,
@@ -445,10 +444,8 @@ def alerts_ack(
 
 
 def _open_alerts(store: Store) -> dict[str, list[Any]]:
-    from cloud.store.sqlite.queries import find_alerts
-
     out: dict[str, list[Any]] = {}
-    for a in find_alerts(store, state="open", limit=1_000_000):
+    for a in store.find_alerts(state="open", limit=1_000_000):
         out.setdefault(a.device, []).append(a)
     return out
 
@@ -500,13 +497,12 @@ def devices_show(
     Example: edgewatch devices show pi-kitchen --window 6h
     """
     from cloud.ops.views import SeriesView, alert_json, device_json, device_panel, iso
-    from cloud.store.sqlite.queries import device_series, last_reading_ts
 
     span = _duration(window, "--window")
     now = time.time()
     with _store(db, config) as store:
         record = store.device(device, max_gaps=max_gaps)
-        until = last_reading_ts(store, device) or record.last_seen or now
+        until = store.last_reading_ts(device) or record.last_seen or now
         since = until - span
         series = [
             SeriesView(
@@ -520,7 +516,7 @@ def devices_show(
                     )
                 ),
             )
-            for s in device_series(store, device)
+            for s in store.device_series(device)
         ]
         opened = _open_alerts(store).get(device, [])
         dead = store.dead_letter_counts(device)

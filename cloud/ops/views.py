@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cloud.ops import png
-from cloud.store.sqlite.store import (
+from cloud.store.api import (
     AlertRecord,
     DeadLetterRecord,
     DeviceRecord,

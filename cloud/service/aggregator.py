@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import logging
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,15 +30,15 @@ import aiomqtt
 
 from cloud.alerts.episodes import EpisodePolicy, SilencePolicy
 from cloud.detect.native import compiled
-from cloud.errors import CloudError, ConfigError, StoreError
+from cloud.errors import CloudError, ConfigError, StoreError, StoreFull
 from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings, Publication
 from cloud.notify.delivery import Router, lanes
 from cloud.notify.metrics import NotifyMetrics
 from cloud.notify.shell import Courier, open_alerts_of
 from cloud.service.config import AggregatorConfig
 from cloud.service.metrics import Metrics
-from cloud.store.sqlite.delivery import SqliteDeliveryQueue
-from cloud.store.sqlite.store import Store
+from cloud.store.api import Store, open_store, redacted
+from cloud.store.delivery import delivery_queue
 from devices import wire
 from devices.backoff import Backoff
 from devices.model import Ack
@@ -81,7 +79,6 @@ class Aggregator:
         self.metrics = metrics or Metrics()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgewatch-store")
         self._store: Store | None = None
-        self._lock_fd: int | None = None
         self._pipeline: Pipeline | None = None
         self._courier: Courier | None = None
         self._inbox: list[Inbound] = []
@@ -91,6 +88,8 @@ class Aggregator:
         self._publish_ready = asyncio.Event()
         self._publications: list[Publication] = []
         self._stopping = False
+        self._failing_since: float | None = None  # monotonic time the store began refusing writes
+        self._refused = 0  # messages not written since then
         self._lock = asyncio.Lock()  # one pipeline call at a time, whichever thread runs it
         self.connected = asyncio.Event()  # set while subscribed (tests wait on it)
 
@@ -122,19 +121,26 @@ class Aggregator:
 
     async def open(self) -> None:
         """Open (or create and migrate) the store and recover detector state; StoreError if not."""
-        self._store = await self._call_slow(Store, self.config.db, synchronous=self.config.synchronous)
-        self._lock_fd = _exclusive(Path(f"{self.config.db}.aggregator.lock"))
-        queue = SqliteDeliveryQueue(self._store)
+        self._store = await self._call_slow(
+            open_store, self.config.db, readonly=False, create=True, synchronous=self.config.synchronous
+        )
+        self._store.acquire_ownership()  # one aggregator per store (closed again by close())
         notify = self.config.notify
+        queue = delivery_queue(self._store) if notify.sinks else None
         self._pipeline = await self._call_slow(
-            Pipeline, self._store, settings_from(self.config), now=time.time(), notify=Router(notify, queue)
+            Pipeline,
+            self._store,
+            settings_from(self.config),
+            now=time.time(),
+            notify=Router(notify, queue) if queue is not None else None,
         )
-        self._courier = Courier(
-            lanes(notify, queue, now=time.time(), open_alerts=open_alerts_of(self._store)),
-            poll_s=notify.poll_s,
-            call=self._call,
-            metrics=NotifyMetrics(self.metrics.registry) if notify.sinks else None,
-        )
+        if queue is not None:
+            self._courier = Courier(
+                lanes(notify, queue, now=time.time(), open_alerts=open_alerts_of(self._store)),
+                poll_s=notify.poll_s,
+                call=self._call,
+                metrics=NotifyMetrics(self.metrics.registry),
+            )
         tune_gc()
         if self.config.detector in ("default", "sensor"):
             log.info("detector %s runs %s", self.config.detector, "compiled" if compiled() else "interpreted")
@@ -145,9 +151,6 @@ class Aggregator:
         if self._store is not None:
             await self._call_slow(self._store.close)
             self._store = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
         self._worker.shutdown(wait=True)
 
     # -- the connection loop ----------------------------------------------------------------------
@@ -213,13 +216,17 @@ class Aggregator:
             await _cancel([serving, stopping])
 
     async def _serve(self, stop: asyncio.Event) -> None:
-        async with self._client() as client:
-            client.pending_calls_threshold = 1 << 30  # we publish many acks at once
-            await client.subscribe(SUBSCRIPTIONS)
-            log.info("connected to %s as %s", self.url.redacted(), self.config.client_id)
-            self.metrics.connected.set(1)
-            self.connected.set()
-            await self._session(client, stop)
+        client = self._client()
+        try:
+            async with client:
+                client.pending_calls_threshold = 1 << 30  # we publish many acks at once
+                await client.subscribe(SUBSCRIPTIONS)
+                log.info("connected to %s as %s", self.url.redacted(), self.config.client_id)
+                self.metrics.connected.set(1)
+                self.connected.set()
+                await self._session(client, stop)
+        finally:
+            _retrieve_disconnect(client)
 
     def _client(self) -> aiomqtt.Client:
         url, config = self.url, self.config
@@ -336,11 +343,32 @@ class Aggregator:
         try:
             report = await self._call(self.pipeline.ingest, batch, time.time())
         except StoreError as exc:
-            # Rolled back and nothing confirmed: the agents resend. Do not spin on a full disk.
+            # Rolled back and nothing confirmed: the agents keep their readings and resend them.
             self.metrics.store_errors.inc()
-            log.error("store error, %d messages not written (agents will resend): %s", len(batch), exc)
-            await asyncio.sleep(1.0)
+            self.metrics.store_writable.set(0)
+            self._refused += len(batch)
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                why = "the disk under it is full" if isinstance(exc, StoreFull) else "it cannot be written"
+                log.error(
+                    "store %s: %s; confirming nothing until it can write again (agents keep and "
+                    "resend their readings): %s",
+                    redacted(self.config.db),
+                    why,
+                    exc,
+                )
+            await asyncio.sleep(1.0)  # do not spin on a full disk
             return
+        if self._failing_since is not None:
+            log.warning(
+                "store %s writable again after %.0f s; %d messages were not written meanwhile "
+                "(their agents resend them)",
+                redacted(self.config.db),
+                time.monotonic() - self._failing_since,
+                self._refused,
+            )
+            self._failing_since, self._refused = None, 0
+            self.metrics.store_writable.set(1)
         self.metrics.observe(report, time.time())
         if report.publications:
             self._publications.extend(report.publications)
@@ -415,7 +443,8 @@ class Aggregator:
                     next_prune = time.monotonic() + RETENTION_EVERY
             except StoreError as exc:
                 self.metrics.store_errors.inc()
-                log.error("periodic work failed: %s", exc)
+                if self._failing_since is None or not isinstance(exc, StoreFull):
+                    log.error("periodic work failed: %s", exc)  # a full disk was already reported
 
 
 def _batch_end(inbox: Sequence[Inbound], max_messages: int, max_bytes: int) -> int:
@@ -437,20 +466,14 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def _exclusive(path: Path) -> int:
-    """Hold an exclusive flock on `path`: one aggregator per database (ids are allocated in memory)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StoreError(f"cannot create lock file {path}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise StoreError(
-            f"another aggregator is already running on this database ({path} is locked)"
-        ) from exc
-    return fd
+def _retrieve_disconnect(client: aiomqtt.Client) -> None:
+    """Mark aiomqtt's disconnect future as seen. After an unexpected disconnection (the broker
+    went away) its `__aexit__` returns without reading that future's exception, and asyncio
+    later logs "Future exception was never retrieved" as an ERROR: the disconnect itself was
+    already handled here (reconnect with back-off, or stop)."""
+    future = getattr(client, "_disconnected", None)
+    if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+        future.exception()
 
 
 def _requeue(pipeline: Pipeline, acks: Sequence[Ack]) -> None:

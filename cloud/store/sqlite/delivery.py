@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from cloud.errors import StoreError
 from cloud.notify.queue import DeadDelivery, Delivery, Notice, SinkStatus
-from cloud.store.sqlite.store import Store
+from cloud.store.sqlite.store import SqliteStore
 
 MAX_TEXT = 4096  # characters of an error or a response body kept
 # Each statement takes the oldest due deliveries, but never one whose alert has an earlier
@@ -40,7 +40,7 @@ _TAKE_DUE: Final = (
 
 
 class SqliteDeliveryQueue:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: SqliteStore) -> None:
         self.store = store
         self._conn: sqlite3.Connection = store.db.conn
 
