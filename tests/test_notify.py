@@ -140,10 +140,7 @@ def test_a_webhook_down_then_500_then_429_then_up_gets_every_transition_once_in_
             publish_spiky(agent, devices, N, SPIKES, t0=time.time() - N - 10)
             wait_for(lambda: agent.acked_count("pi-c", "e1") == N, what="all stored")
             wait_for(
-                lambda: (
-                    count_alerts(db, "open") == 0
-                    and count_alerts(db) >= len(devices)
-                ),
+                lambda: count_alerts(db, "open") == 0 and count_alerts(db) >= len(devices),
                 what="every episode closed",
             )
             metrics = aggregator.metrics.registry
@@ -230,10 +227,7 @@ def test_sigkilled_with_deliveries_queued_the_restarted_aggregator_delivers_them
             what="all stored",
         )
         wait_for(
-            lambda: (
-                count_alerts(db, "open") == 0
-                and queue_rows(db) == 2 * count_alerts(db) > 0
-            ),
+            lambda: count_alerts(db, "open") == 0 and queue_rows(db) == 2 * count_alerts(db) > 0,
             what="every transition queued",
         )
         first.send_signal(signal.SIGKILL)

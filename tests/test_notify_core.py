@@ -1,5 +1,6 @@
-"""The delivery core with an explicit clock over a real SQLite queue: routing, grouping, order,
-leases, backoff, Retry-After, dead letters, the rate limit, rendering, and the config's errors."""
+"""The delivery core with an explicit clock over a real queue on both backends (SQLite and a
+private PostgreSQL): routing, grouping, order, leases, backoff, Retry-After, dead letters, the
+rate limit, rendering, and the config's errors."""
 
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def sink(**changes: Any) -> SinkConfig:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
-    with open_store(tmp_path / "cloud.db", readonly=False, create=True) as s:
+def store(store_url: str) -> Any:
+    """A fresh store on each backend (SQLite, and a private PostgreSQL): the queue is the store's."""
+    with open_store(store_url, readonly=False, create=True) as s:
         yield s
 
 

@@ -16,4 +16,12 @@ def delivery_queue(store: Store) -> DeliveryQueue:
         from cloud.store.sqlite.delivery import SqliteDeliveryQueue  # noqa: PLC0415
 
         return SqliteDeliveryQueue(store)
-    raise StoreError(f"alert delivery has no queue for a {type(store).__name__} yet")
+    try:
+        from cloud.store.postgres.store import PostgresStore  # noqa: PLC0415 - an optional extra
+    except ImportError:
+        PostgresStore = None  # type: ignore[assignment,misc]
+    if PostgresStore is not None and isinstance(store, PostgresStore):
+        from cloud.store.postgres.delivery import PostgresDeliveryQueue  # noqa: PLC0415
+
+        return PostgresDeliveryQueue(store)
+    raise StoreError(f"alert delivery has no queue for a {type(store).__name__}")
