@@ -45,7 +45,7 @@ def webhook(receiver: Receiver, **changes: Any) -> NotifyConfig:
     return NotifyConfig((sink,), poll_s=0.05)
 
 
-def expected_transitions(db: Path) -> dict[str, list[str]]:
+def expected_transitions(db: str | Path) -> dict[str, list[str]]:
     """alert_id -> its transition ids in order, from the store."""
     with open_store(db, readonly=True) as store:
         alerts = store.list_alerts(limit=1000)
@@ -59,17 +59,21 @@ def delivered_events(receiver: Receiver) -> list[dict[str, Any]]:
     return [e for r in receiver.accepted() for e in r.json()["events"]]
 
 
-def count_alerts(db: Path, state: str | None = None) -> int:
+def _exists(db: str | Path) -> bool:
+    return str(db).startswith("postgresql:") or Path(db).exists()
+
+
+def count_alerts(db: str | Path, state: str | None = None) -> int:
     """Alerts in the store, through its read model."""
-    if not db.exists():
+    if not _exists(db):
         return 0
     with open_store(db, readonly=True) as store:
         return len(store.list_alerts(state=state, limit=10_000))
 
 
-def queue_rows(db: Path, state: str = "pending", sink: str = "hook") -> int:
+def queue_rows(db: str | Path, state: str = "pending", sink: str = "hook") -> int:
     """Transitions queued (or, with state "dead", dead-lettered) for one sink."""
-    if not db.exists():
+    if not _exists(db):
         return 0
     with open_store(db, readonly=True) as store:
         (status,) = delivery_queue(store).status([sink], dead_limit=0)
@@ -186,9 +190,10 @@ def test_a_webhook_down_then_500_then_429_then_up_gets_every_transition_once_in_
 
 
 def test_sigkilled_with_deliveries_queued_the_restarted_aggregator_delivers_them_all(
-    broker: Mosquitto, tmp_path: Path
+    broker: Mosquitto, tmp_path: Path, store_url: str
 ) -> None:
-    db = tmp_path / "cloud.db"
+    """On both backends: the queue lives in the store, SQLite or PostgreSQL."""
+    db = store_url
     receiver = Receiver()
     config = tmp_path / "cloud.toml"
     config.write_text(
