@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -196,6 +196,21 @@ def encode_alert(alert: AlertEvent) -> bytes:
             "peak_ts": alert.peak_ts,
         }
     )
+
+
+def encode_webhook(events: Sequence[Mapping[str, Any]], *, text: str | None = None) -> bytes:
+    """A webhook notification: alert transitions in order, each the alert as the operator's
+    `alerts list --json` shows it plus `transition` and `transition_id`; `text` for Slack-style
+    receivers. Pinned by tests/golden/webhook_v1.1.json."""
+    body: dict[str, Any] = {"v": VERSION, "kind": "alert_events", "events": list(events)}
+    if text is not None:
+        body["text"] = text
+    return _dumps(body)
+
+
+def encode_alertmanager(alerts: Sequence[Mapping[str, Any]]) -> bytes:
+    """Postable alerts for Alertmanager's POST /api/v2/alerts (its schema, not ours: unversioned)."""
+    return orjson.dumps(list(alerts))
 
 
 # ---------------------------------------------------------------------------------------------

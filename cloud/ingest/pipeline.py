@@ -48,6 +48,7 @@ from cloud.detect import (
     make_detector,
 )
 from cloud.errors import StoreError
+from cloud.notify.delivery import Router
 from cloud.store.api import AlertRecord, DeadLetter, ReadingsItem, ReplayRow, Store, StreamCheckpoint
 from devices import wire
 from devices.errors import ReservedDeviceId, TopicError, WireError
@@ -359,12 +360,19 @@ class Pipeline:
     """The aggregator's core over one Store. Not thread-safe: one batch at a time."""
 
     def __init__(
-        self, store: Store, settings: PipelineSettings | None = None, *, now: float, recover: bool = True
+        self,
+        store: Store,
+        settings: PipelineSettings | None = None,
+        *,
+        now: float,
+        recover: bool = True,
+        notify: Router | None = None,
     ) -> None:
         """`recover=False` starts every stream fresh and touches nothing in the store (replay)."""
         self.settings = settings = settings or PipelineSettings()
         make_detector(settings.detector)  # fail fast on an unknown name
         self.store = store
+        self.notify = notify  # queues each fresh transition for the sinks that route it
         self.acks = AckCoalescer(settings.ack_interval)
         self.silence = SilenceWatch(settings.silence)
         self._streams: dict[int, _Stream] = {}
@@ -784,6 +792,8 @@ class Pipeline:
             report.late_alerts += int(e.late)
         else:
             report.alerts_closed += 1
+        if self.notify is not None:
+            self.notify.enqueue(store.get_alert(e.alert_id), now)
         payload = wire.encode_alert(e)
         outbox_id = store.enqueue_publication(e.device, payload, now)
         report.publications.append(Publication(wire.alert_topic(e.device), payload, outbox_id))

@@ -13,6 +13,8 @@ Layout (schema version in `PRAGMA user_version`, upgraded by `MIGRATIONS` in ord
     devices        the fleet registry: last seen, online, agent version, reported counters
     alerts         one row per episode; `alert_id` is deterministic, so a replay cannot double
     alert_outbox   alert messages to publish; deleted once the broker has them (at least once)
+    notify_queue   alert transitions to deliver per sink (cloud.notify); dead letters stay
+    notify_sinks   per sink: delivered, retried, failed, last success and last error
     detector_state checkpointed detector and episode state per series, each with its watermark
                    (the last message it processed); `checkpoint` keeps the aggregator's own
     rejected_checkpoints  checkpoints that could not be restored, kept aside with the reason
@@ -205,11 +207,35 @@ def _v4_alert_reasons(db: sqlite_utils.Database) -> None:
     alerts.add_column("peak_ts", float)
 
 
+def _v5_notify(db: sqlite_utils.Database) -> None:
+    """The delivery queue of alert notifications (cloud.notify), one row per (sink, transition)."""
+    db.table("notify_queue").create(
+        {"id": int, "sink": str, "transition_id": str, "alert_id": str, "device": str,
+         "notice": str, "created_at": float, "due_at": float, "attempts": int, "state": str,
+         "last_error": str, "response": str, "dead_at": float},
+        pk="id", not_null={"sink", "transition_id", "alert_id", "device", "notice", "created_at",
+                           "due_at", "attempts", "state", "last_error", "response"},
+        defaults={"attempts": 0, "state": "pending", "last_error": "", "response": ""},
+    )  # fmt: skip
+    db.table("notify_queue").create_index(["sink", "transition_id"], unique=True)
+    # The oldest due delivery, its device's others, and the earlier ones of its alert.
+    db.table("notify_queue").create_index(["sink", "state", "id"])
+    db.table("notify_queue").create_index(["sink", "device", "state", "id"])
+    db.table("notify_queue").create_index(["sink", "alert_id", "state", "id"])
+    db.table("notify_sinks").create(
+        {"sink": str, "delivered": int, "retried": int, "failed": int, "last_success_at": float,
+         "last_error_at": float, "last_error": str},
+        pk="sink", not_null={"delivered", "retried", "failed", "last_error"},
+        defaults={"delivered": 0, "retried": 0, "failed": 0, "last_error": ""},
+    )  # fmt: skip
+
+
 MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (
     _v1,
     _v2_rejected_checkpoints,
     _v3_keyed_messages,
     _v4_alert_reasons,
+    _v5_notify,
 )
 """MIGRATIONS[i] upgrades a database from version i to i + 1; append, never edit."""
 SCHEMA_VERSION: Final = len(MIGRATIONS)
