@@ -116,7 +116,8 @@ def test_a_spike_fires_in_alertmanager_with_its_labels_resolves_there_and_is_rel
         notes = fired["annotations"]
         assert notes["command"] == f"edgewatch alerts show {alert.alert_id}"
         assert alert.value is not None and notes["value"] == f"{alert.value:.6g}"
-        assert "expected_range" in notes and "temp on pi-am/sys" in notes["explanation"]
+        assert "expected_range" in notes and "temp on pi-am/sys" in notes["summary"]
+        assert alert.evidence and notes["explanation"] == alert.evidence  # the detector's reason
         assert fired["status"]["state"] == "active"
 
         # A restarted Alertmanager with empty storage learns the open alert from the re-post.

@@ -229,6 +229,15 @@ def test_alertmanager_gets_each_alerts_latest_state_with_ends_at_once_closed() -
     (posted,) = json.loads(request.body)
     assert posted == am_alert(closed) and posted["endsAt"] == "2026-01-01T00:00:30.000Z"
     assert posted["annotations"]["expected_range"] == "19..21" and posted["annotations"]["value"] == "35"
+    assert posted["annotations"]["explanation"] == posted["annotations"]["summary"]  # no reason stored
+    reasoned = alert_json(
+        alert("a2", anomaly_kind="spike", evidence="value 35 C, 9 sigma above the level 20 C")
+    )
+    notes = am_alert(reasoned)["annotations"]
+    assert (
+        notes["explanation"] == "value 35 C, 9 sigma above the level 20 C"
+        and notes["anomaly_kind"] == "spike"
+    )
 
 
 @pytest.mark.parametrize(
@@ -284,7 +293,7 @@ def test_webhook_body_golden_bytes() -> None:
         for state in ("open", "closed")
     ]
     request = make_sink(sink(slack_text=True)).render(notices, T0)
-    golden = Path(__file__).parent / "golden" / "webhook_v1.1.json"
+    golden = Path(__file__).parent / "golden" / "webhook_v1.2.json"
     assert request.body == golden.read_bytes().rstrip(b"\n")
 
 

@@ -47,9 +47,12 @@ def am_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
     labels.update({k: str(alert[k]) for k in LABELS if alert.get(k) not in (None, "")})
     annotations = {
         "summary": explain(alert),
-        "explanation": explain(alert),
+        # The detector's own reason when the alert has one ("value 35.2 C, ... above the level").
+        "explanation": str(alert.get("evidence") or alert.get("opening_evidence") or explain(alert)),
         "command": show_command(alert),
     }
+    if alert.get("anomaly_kind"):
+        annotations["anomaly_kind"] = str(alert["anomaly_kind"])
     if alert.get("value") is not None:
         annotations["value"] = f"{alert['value']:.6g}"
     if expected_range(alert):

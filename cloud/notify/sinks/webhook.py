@@ -1,6 +1,6 @@
 """A plain webhook: a JSON POST of alert transitions, optionally signed and Slack-compatible.
 
-The body (`devices.wire.encode_webhook`) is `{"v": "1.1", "kind": "alert_events", "events":
+The body (`devices.wire.encode_webhook`) is `{"v": "1.2", "kind": "alert_events", "events":
 [...]}`, one event per transition in queue order, each the alert with the same fields as
 `edgewatch alerts list --json` plus `transition_id` (stable: de-duplicate on it, delivery is at
 least once) and `transition` ("open" or "closed"). With `slack_text` the body also has a `text`
