@@ -39,25 +39,29 @@ from cloud.detect.sensor import (
     RISK_MIN,
     WARMUP,
     SensorDetector,
-    _from_counts,
     _num,
-    _to_counts,
 )
 
 FAST = 0.05  # gain of the short mean (about 20 readings)
 SLOW = 0.005  # gain of the baseline (about 200 readings)
+TREND_LAG = SLOW / (1.0 - SLOW) * (1.0 - FAST) / FAST  # the short mean's lag, times the
+# factor that turns Brown's (slow - slow2) into a trend per reading
 SCALE_GAIN = 0.005  # gain of the typical |short mean - baseline|
 NOISE_GAIN = 0.02  # gain of the typical |reading - short mean|, for clipping
 CLIP = 4.0  # a reading enters the means at most this many typical deviations away
 SCALE_CLIP = 2.0  # a difference teaches the typical difference at most this many of it
 SCALE_FLOOR = 0.05  # the typical difference is at least this share of the default's typical step
-SHIFT_QUIET = 200  # readings the shift question learns before it may alert (>= QUIET)
+SHIFT_QUIET = 400  # readings the shift question learns before it may alert (>= QUIET)
 SAMPLE_EVERY = 20  # the tail learns one difference per this many readings (about 1 / FAST)
+RISK_SAMPLES = 5.0  # a sample's risk is this many readings' (an alarm is one excursion)
+TAIL_START = (2.9, 0.5)  # the tail's prior (quantile, mean excess): a half-normal difference
 TAIL_FLOOR = 3.0  # the threshold is at least this many typical differences
+BOOST = 1.6  # each alarm raises this stream's shift threshold by this factor (its budget) ...
+BOOST_TAU = 7 * 86_400.0  # ... and the raise fades over this many seconds
 HOLD = 60  # readings after an alarm in which the baseline follows the short mean, silently
 
 
-_SHIFT_STATE = ("cal", "fast", "hold", "last_ts", "n", "noise", "scale", "slow")
+_SHIFT_STATE = ("boost", "cal", "fast", "hold", "last_ts", "n", "noise", "scale", "slow", "slow2")
 
 
 class MeanShift:
@@ -82,19 +86,27 @@ class MeanShift:
         restore_state(self, state)
 
     def __init__(self) -> None:
-        self.cal = TailThreshold(risk=RISK_MAX * SAMPLE_EVERY, floor=TAIL_FLOOR)
+        self.cal = TailThreshold(risk=RISK_MAX * RISK_SAMPLES, floor=TAIL_FLOOR, start=TAIL_START)
         self.n = 0
-        self.fast = self.slow = self.scale = self.noise = 0.0
+        self.fast = self.slow = self.slow2 = self.scale = self.noise = 0.0
         self.last_ts = -math.inf
         self.hold = 0
+        self.boost = 1.0  # the threshold's factor for this stream's recent alarms
 
     def set_sampling(self, dt_typ: float) -> None:
         """The per-time false-alarm budget, as the default detector sets its own."""
         if dt_typ > 0.0:
-            self.cal.set_risk(SAMPLE_EVERY * min(RISK_MAX, max(RISK_MIN, dt_typ / ALARM_BUDGET)))
+            self.cal.set_risk(RISK_SAMPLES * min(RISK_MAX, max(RISK_MIN, dt_typ / ALARM_BUDGET)))
 
-    def _means(self, x: float, floor: float) -> tuple[float, float, float]:
-        """(short mean, baseline, raw score) after x, without changing state."""
+    def baseline(self) -> float:
+        """Where the short mean should be if nothing changed: the slow level carried along its
+        own trend (Brown's double smoothing, so a steady ramp such as a morning's warming is
+        no shift), minus the short mean's lag behind that trend."""
+        s1, s2 = self.slow, self.slow2
+        return 2.0 * s1 - s2 - TREND_LAG * (s1 - s2)
+
+    def _means(self, x: float, floor: float) -> tuple[float, float, float, float]:
+        """(short mean, slow mean, its smoothed twin, raw score) after x, without changing state."""
         n = self.n
         noise = self.noise if self.noise > floor else floor
         lim = CLIP * noise
@@ -102,26 +114,32 @@ class MeanShift:
         if n > 1 and (r > lim or r < -lim):  # the first readings set the noise, unclipped
             r = lim if r > 0.0 else -lim
         fast = self.fast + (FAST if n * FAST > 1.0 else 1.0 / (n + 1)) * r
-        slow = self.slow + (SLOW if n * SLOW > 1.0 else 1.0 / (n + 1)) * (fast - self.slow)
+        gain = SLOW if n * SLOW > 1.0 else 1.0 / (n + 1)
+        slow = self.slow + gain * (fast - self.slow)
+        slow2 = self.slow2 + gain * (slow - self.slow2)
         scale = self.scale if self.scale > floor else floor
-        return fast, slow, abs(fast - slow) / scale
+        return fast, slow, slow2, abs(fast - (2.0 * slow - slow2 - TREND_LAG * (slow - slow2))) / scale
 
     def score(self, ts: float, x: float, floor: float, dt_typ: float) -> float:
         """The raw score (1 = this stream's threshold) of x, without changing state."""
         if self.n < SHIFT_QUIET or self.hold or ts - self.last_ts > GAP * dt_typ > 0.0:
             return 0.0
-        return self._means(x, floor)[2] / self.cal.threshold
+        return self._means(x, floor)[3] / self.limit()
+
+    def limit(self) -> float:
+        """The threshold: the tail's, raised by BOOST per recent alarm (the per-stream budget)."""
+        return self.cal.threshold * self.boost
 
     def update(self, ts: float, x: float, floor: float, dt_typ: float, *, rebase: bool = False) -> bool:
         """Learn x; True when its short mean has shifted (an alarm). `floor` is the smallest
         typical deviation to assume (a share of the default's typical step); `rebase` says the
         default detector alarmed on x, so whatever changed is learned, not alerted twice."""
         if ts - self.last_ts > GAP * dt_typ > 0.0 and self.n:  # after a gap: restart the means
-            self.fast = self.slow = x
+            self.fast = self.slow = self.slow2 = x
             self.last_ts = ts
             return False
         self.last_ts = max(self.last_ts, ts)
-        fast, slow, z = self._means(x, floor)
+        fast, slow, slow2, z = self._means(x, floor)
         n = self.n
         if n:  # the typical |reading - short mean|, which bounds what one reading can move
             noise = self.noise
@@ -130,19 +148,29 @@ class MeanShift:
                 resid = CLIP * noise
             self.noise = noise + (NOISE_GAIN if n * NOISE_GAIN > 1.0 else 1.0 / n) * (resid - noise)
         self.n += 1
-        self.fast = fast
-        if self.hold or rebase:  # after an alarm the baseline takes the new level in
-            self.slow += FAST * (fast - self.slow)
-            self.hold = HOLD if rebase else self.hold - 1
+        boost = self.boost  # as `score` saw it
+        if boost > 1.0:  # each alarm's raise fades over BOOST_TAU
+            self.boost = 1.0 + (boost - 1.0) * (1.0 - min(1.0, dt_typ / BOOST_TAU))
+        if rebase:  # an alarm (the default's): whatever changed is learned from what follows
+            self.fast = self.slow = self.slow2 = fast
+            self.hold = HOLD
             return False
+        hold = self.hold
+        if hold:  # after an alarm both means are the plain mean of the readings since
+            self.fast = self.slow = self.slow2 = self.fast + (x - self.fast) / (HOLD + 1 - hold)
+            self.hold = hold - 1
+            return False
+        self.fast = fast
         cal = self.cal
         threshold = cal.threshold
-        if self.n > SHIFT_QUIET and z >= threshold:
+        if self.n > SHIFT_QUIET and z >= threshold * boost:
             cal.update(min(z, FIRST_FLAG_CAP * threshold))  # once per shift, capped
+            self.boost = boost * BOOST
+            self.fast = self.slow = self.slow2 = fast
             self.hold = HOLD
             return True
-        self.slow = slow
-        d = abs(fast - slow)
+        self.slow, self.slow2 = slow, slow2
+        d = z * (self.scale if self.scale > floor else floor)
         scale = self.scale
         if d > SCALE_CLIP * scale and self.n > SHIFT_QUIET:  # a shift in the making is no habit
             d = SCALE_CLIP * scale
@@ -155,8 +183,9 @@ class MeanShift:
 
     def expected(self, floor: float) -> tuple[float, float]:
         """The range the short mean was expected to stay in."""
-        band = self.cal.threshold * (self.scale if self.scale > floor else floor)
-        return self.slow - band, self.slow + band
+        band = self.limit() * (self.scale if self.scale > floor else floor)
+        base = self.baseline()
+        return base - band, base + band
 
 
 class ShiftAwareDetector:
@@ -176,30 +205,40 @@ class ShiftAwareDetector:
         self.inner = SensorDetector(seed=seed)
         self.shift = MeanShift()
 
-    def _x(self, value: float) -> float:
+    def _watched(self) -> bool:
+        """The mean question runs once the default has calibrated its start, and not on counts:
+        a count's mean is an event rate, and rates shift by nature (bursts, batch jobs); the
+        default judges counts on their own scale."""
         inner = self.inner
-        return _to_counts(value, inner.count_m) if inner.counts else value
+        return inner.n >= WARMUP and not inner.counts
+
+    def _other_regime(self, x: float) -> bool:
+        """x is nearer the default's other regime than its current one (as the default judges:
+        in each regime's typical steps): a swap of regimes is the default's to explain."""
+        inner = self.inner
+        return inner.has_alt and abs(x - inner.alt_level) * inner.dev < abs(x - inner.level) * inner.alt_dev
 
     def score_one(self, ts: float, value: float) -> float:
         """Score in [0, 1] (0.5 = this stream's threshold) without changing state."""
         score = self.inner.score_one(ts, value)
-        if value - value != 0.0 or self.inner.n < WARMUP:
+        if value - value != 0.0 or not self._watched() or self._other_regime(value):
             return score
         inner = self.inner
-        s = self.shift.score(ts, self._x(value), SCALE_FLOOR * inner.dev, inner.dt_typ)
+        s = self.shift.score(ts, value, SCALE_FLOOR * inner.dev, inner.dt_typ)
         return max(score, s / (1.0 + s))
 
     def learn_one(self, ts: float, value: float) -> None:
         """Learn a reading as normal (NaN and inf are ignored)."""
         if value - value != 0.0:
             return
-        scored = self.inner.n >= WARMUP
         inner = self.inner
+        if not self._watched():
+            inner.learn_one(ts, value)
+            return
         floor, dt_typ = SCALE_FLOOR * inner.dev, inner.dt_typ
-        x = self._x(value)
+        other = self._other_regime(value)
         inner.learn_one(ts, value)
-        if scored:
-            self._learn_shift(ts, x, floor, dt_typ, rebase=False)
+        self._learn_shift(ts, value, floor, dt_typ, rebase=other)
 
     def _learn_shift(self, ts: float, x: float, floor: float, dt_typ: float, *, rebase: bool) -> bool:
         shift = self.shift
@@ -212,38 +251,30 @@ class ShiftAwareDetector:
         if value - value != 0.0:
             return NON_FINITE
         inner = self.inner
-        if inner.n < WARMUP:  # the default's warm-up: nothing to compare a mean with yet
+        if not self._watched():
             return inner.process(ts, value)
         shift = self.shift
-        floor = SCALE_FLOOR * inner.dev
+        floor = SCALE_FLOOR * inner.dev  # both as they were before this reading
         dt_typ = inner.dt_typ
-        x = self._x(value)
-        s = shift.score(ts, x, floor, dt_typ)
+        other = self._other_regime(value)
+        s = 0.0 if other else shift.score(ts, value, floor, dt_typ)
+        score = s / (1.0 + s)
         verdict = inner.process(ts, value)
-        if verdict.anomalous:
-            self._learn_shift(ts, x, floor, dt_typ, rebase=True)
-            return verdict if verdict.score >= s / (1.0 + s) else verdict._replace(score=s / (1.0 + s))
-        low, high = shift.expected(floor)
-        before, z = shift.slow, s * shift.cal.threshold
-        if not self._learn_shift(ts, x, floor, dt_typ, rebase=False):
-            score = s / (1.0 + s)
+        if verdict.anomalous or other:
+            # the default has explained this change (an alarm, or its other regime, e.g. a
+            # compressor switching on): the mean question learns it instead of alerting
+            self._learn_shift(ts, value, floor, dt_typ, rebase=True)
             return verdict if verdict.score >= score else verdict._replace(score=score)
-        return self._explain(s, z, before, low, high)
-
-    def _explain(self, s: float, z: float, before: float, low: float, high: float) -> Verdict:
-        """A level_shift verdict: the short mean, where the baseline was, in the stream's units."""
-        inner = self.inner
-        mean = self.shift.fast
-        if inner.counts:
-            m = inner.count_m
-            mean, before = _from_counts(mean, m), _from_counts(before, m)
-            low, high = max(0.0, _from_counts(low, m)), _from_counts(high, m)
-        side = "above" if mean > before else "below"
+        low, high = shift.expected(floor)
+        before, z = shift.baseline(), s * shift.limit()
+        if not self._learn_shift(ts, value, floor, dt_typ, rebase=False):
+            return verdict if verdict.score >= score else verdict._replace(score=score)
         evidence = (
-            f"the mean of the last {round(1.0 / FAST)} readings is {_num(mean)} {{unit}}, "
-            f"{_num(z)} times its typical wander {side} the baseline {_num(before)} {{unit}}"
+            f"the mean of the last {round(1.0 / FAST)} readings is {_num(shift.fast)} {{unit}}, "
+            f"{_num(z)} times its typical wander {'above' if shift.fast > before else 'below'} "
+            f"the expected {_num(before)} {{unit}}"
         )
-        return Verdict(s / (1.0 + s), True, low, high, "level_shift", evidence)
+        return Verdict(score, True, low, high, "level_shift", evidence)
 
     def to_bytes(self) -> bytes:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
