@@ -8,14 +8,19 @@ stands out. Such a shift shows in the *mean*: `MeanShift` compares a short mean 
 that difference's own typical size on this stream, so autocorrelated streams (random walks,
 daily cycles, duty cycles) learn how far their mean wanders by itself. It is an EWMA control
 chart, the smooth cousin of a two-sided CUSUM, O(1) per reading. Its threshold is the same
-extreme-value tail as the default's (`TailThreshold`) at the same per-time false-alarm budget.
+extreme-value tail as the default's (`TailThreshold`) at the same per-time false-alarm budget,
+fed one difference per SAMPLE_EVERY readings (the short mean's memory), so the tail sees
+nearly independent samples and a shift in the making cannot raise its own threshold.
 
-A shift alerts once and is then learned: after an alarm (its own or the default detector's)
-the baseline follows the short mean for HOLD readings and nothing is alerted, so the new level
-becomes the normal one instead of an alert that lasts hours. Each alarm teaches the calibrator
-once (capped), so a stream whose mean jumps often raises its own threshold. Readings enter
-the means clipped to CLIP typical deviations, so a spike (the default's question) barely moves
-them, and after a gap in the data both means restart where the stream is.
+A shift alerts once and is then learned: after an alarm (its own or the default detector's,
+or a swap to the default's other regime) both means restart as the plain mean of the readings
+that follow, for HOLD readings in which nothing is alerted, so the new level becomes the normal
+one instead of an alert that lasts hours. Each alarm teaches the tail once (capped) and raises
+this stream's threshold by BOOST, fading over BOOST_TAU: a stream whose mean jumps by habit
+(load bursts, a wandering walk) spends its own false-alarm budget, not the operator's patience.
+Readings enter the means clipped to CLIP typical deviations, so a spike (the default's
+question) barely moves them, and after a gap in the data both means restart where the stream
+is. Counts are left to the default (their mean is an event rate, which shifts by nature).
 
 `ShiftAwareDetector` ("shift" in the registry) wraps a `SensorDetector`: the default's verdict
 stands whenever it is anomalous; when it says normal and the mean has shifted, the verdict is a
@@ -44,8 +49,6 @@ from cloud.detect.sensor import (
 
 FAST = 0.05  # gain of the short mean (about 20 readings)
 SLOW = 0.005  # gain of the baseline (about 200 readings)
-TREND_LAG = SLOW / (1.0 - SLOW) * (1.0 - FAST) / FAST  # the short mean's lag, times the
-# factor that turns Brown's (slow - slow2) into a trend per reading
 SCALE_GAIN = 0.005  # gain of the typical |short mean - baseline|
 NOISE_GAIN = 0.02  # gain of the typical |reading - short mean|, for clipping
 CLIP = 4.0  # a reading enters the means at most this many typical deviations away
@@ -61,7 +64,7 @@ BOOST_TAU = 7 * 86_400.0  # ... and the raise fades over this many seconds
 HOLD = 60  # readings after an alarm in which the baseline follows the short mean, silently
 
 
-_SHIFT_STATE = ("boost", "cal", "fast", "hold", "last_ts", "n", "noise", "scale", "slow", "slow2")
+_SHIFT_STATE = ("boost", "cal", "fast", "hold", "last_ts", "n", "noise", "scale", "slow")
 
 
 class MeanShift:
@@ -88,7 +91,7 @@ class MeanShift:
     def __init__(self) -> None:
         self.cal = TailThreshold(risk=RISK_MAX * RISK_SAMPLES, floor=TAIL_FLOOR, start=TAIL_START)
         self.n = 0
-        self.fast = self.slow = self.slow2 = self.scale = self.noise = 0.0
+        self.fast = self.slow = self.scale = self.noise = 0.0
         self.last_ts = -math.inf
         self.hold = 0
         self.boost = 1.0  # the threshold's factor for this stream's recent alarms
@@ -98,15 +101,8 @@ class MeanShift:
         if dt_typ > 0.0:
             self.cal.set_risk(RISK_SAMPLES * min(RISK_MAX, max(RISK_MIN, dt_typ / ALARM_BUDGET)))
 
-    def baseline(self) -> float:
-        """Where the short mean should be if nothing changed: the slow level carried along its
-        own trend (Brown's double smoothing, so a steady ramp such as a morning's warming is
-        no shift), minus the short mean's lag behind that trend."""
-        s1, s2 = self.slow, self.slow2
-        return 2.0 * s1 - s2 - TREND_LAG * (s1 - s2)
-
-    def _means(self, x: float, floor: float) -> tuple[float, float, float, float]:
-        """(short mean, slow mean, its smoothed twin, raw score) after x, without changing state."""
+    def _means(self, x: float, floor: float) -> tuple[float, float, float]:
+        """(short mean, baseline, raw score) after x, without changing state."""
         n = self.n
         noise = self.noise if self.noise > floor else floor
         lim = CLIP * noise
@@ -114,17 +110,15 @@ class MeanShift:
         if n > 1 and (r > lim or r < -lim):  # the first readings set the noise, unclipped
             r = lim if r > 0.0 else -lim
         fast = self.fast + (FAST if n * FAST > 1.0 else 1.0 / (n + 1)) * r
-        gain = SLOW if n * SLOW > 1.0 else 1.0 / (n + 1)
-        slow = self.slow + gain * (fast - self.slow)
-        slow2 = self.slow2 + gain * (slow - self.slow2)
+        slow = self.slow + (SLOW if n * SLOW > 1.0 else 1.0 / (n + 1)) * (fast - self.slow)
         scale = self.scale if self.scale > floor else floor
-        return fast, slow, slow2, abs(fast - (2.0 * slow - slow2 - TREND_LAG * (slow - slow2))) / scale
+        return fast, slow, abs(fast - slow) / scale
 
     def score(self, ts: float, x: float, floor: float, dt_typ: float) -> float:
         """The raw score (1 = this stream's threshold) of x, without changing state."""
         if self.n < SHIFT_QUIET or self.hold or ts - self.last_ts > GAP * dt_typ > 0.0:
             return 0.0
-        return self._means(x, floor)[3] / self.limit()
+        return self._means(x, floor)[2] / self.limit()
 
     def limit(self) -> float:
         """The threshold: the tail's, raised by BOOST per recent alarm (the per-stream budget)."""
@@ -135,11 +129,11 @@ class MeanShift:
         typical deviation to assume (a share of the default's typical step); `rebase` says the
         default detector alarmed on x, so whatever changed is learned, not alerted twice."""
         if ts - self.last_ts > GAP * dt_typ > 0.0 and self.n:  # after a gap: restart the means
-            self.fast = self.slow = self.slow2 = x
+            self.fast = self.slow = x
             self.last_ts = ts
             return False
         self.last_ts = max(self.last_ts, ts)
-        fast, slow, slow2, z = self._means(x, floor)
+        fast, slow, z = self._means(x, floor)
         n = self.n
         if n:  # the typical |reading - short mean|, which bounds what one reading can move
             noise = self.noise
@@ -152,12 +146,12 @@ class MeanShift:
         if boost > 1.0:  # each alarm's raise fades over BOOST_TAU
             self.boost = 1.0 + (boost - 1.0) * (1.0 - min(1.0, dt_typ / BOOST_TAU))
         if rebase:  # an alarm (the default's): whatever changed is learned from what follows
-            self.fast = self.slow = self.slow2 = fast
+            self.fast = self.slow = fast
             self.hold = HOLD
             return False
         hold = self.hold
         if hold:  # after an alarm both means are the plain mean of the readings since
-            self.fast = self.slow = self.slow2 = self.fast + (x - self.fast) / (HOLD + 1 - hold)
+            self.fast = self.slow = self.fast + (x - self.fast) / (HOLD + 1 - hold)
             self.hold = hold - 1
             return False
         self.fast = fast
@@ -166,11 +160,11 @@ class MeanShift:
         if self.n > SHIFT_QUIET and z >= threshold * boost:
             cal.update(min(z, FIRST_FLAG_CAP * threshold))  # once per shift, capped
             self.boost = boost * BOOST
-            self.fast = self.slow = self.slow2 = fast
+            self.fast = self.slow = fast
             self.hold = HOLD
             return True
-        self.slow, self.slow2 = slow, slow2
-        d = z * (self.scale if self.scale > floor else floor)
+        self.slow = slow
+        d = abs(fast - slow)
         scale = self.scale
         if d > SCALE_CLIP * scale and self.n > SHIFT_QUIET:  # a shift in the making is no habit
             d = SCALE_CLIP * scale
@@ -184,8 +178,7 @@ class MeanShift:
     def expected(self, floor: float) -> tuple[float, float]:
         """The range the short mean was expected to stay in."""
         band = self.limit() * (self.scale if self.scale > floor else floor)
-        base = self.baseline()
-        return base - band, base + band
+        return self.slow - band, self.slow + band
 
 
 class ShiftAwareDetector:
@@ -266,7 +259,7 @@ class ShiftAwareDetector:
             self._learn_shift(ts, value, floor, dt_typ, rebase=True)
             return verdict if verdict.score >= score else verdict._replace(score=score)
         low, high = shift.expected(floor)
-        before, z = shift.baseline(), s * shift.limit()
+        before, z = shift.slow, s * shift.limit()
         if not self._learn_shift(ts, value, floor, dt_typ, rebase=False):
             return verdict if verdict.score >= score else verdict._replace(score=score)
         evidence = (
