@@ -65,7 +65,7 @@ def test_each_alarm_raises_the_streams_threshold_for_a_while() -> None:
     ms.set_sampling(1.0)
     rng = random.Random(4)
     mean = [10.0] * 1000 + [11.0] * 200
-    assert [i for i, m in enumerate(mean) if ms.update(float(i), rng.gauss(m, 1.0), 0.05, 1.0)]
+    assert [i for i, m in enumerate(mean) if ms.update(float(i), rng.gauss(m, 1.0), 0.05, 1.0) >= 1.0]
     raised = ms.limit() / ms.cal.threshold
     assert raised == pytest.approx(BOOST, rel=0.01)
     for i in range(1200, 1200 + 86_400 // 60):  # a day at one reading a minute

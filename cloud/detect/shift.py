@@ -75,7 +75,7 @@ class MeanShift:
     >>> ms = MeanShift()
     >>> ms.set_sampling(1.0)  # one reading a second
     >>> mean = [10.0] * 1000 + [11.0] * 1000  # a shift of one noise sigma at reading 1000
-    >>> alarms = [i for i, m in enumerate(mean) if ms.update(float(i), rng.gauss(m, 1.0), 0.05, 1.0)]
+    >>> alarms = [i for i, m in enumerate(mean) if ms.update(float(i), rng.gauss(m, 1.0), 0.05, 1.0) >= 1.0]
     >>> len(alarms), 1000 < alarms[0] < 1060  # once, within a minute
     (1, True)
     """
@@ -124,17 +124,23 @@ class MeanShift:
         """The threshold: the tail's, raised by BOOST per recent alarm (the per-stream budget)."""
         return self.cal.threshold * self.boost
 
-    def update(self, ts: float, x: float, floor: float, dt_typ: float, *, rebase: bool = False) -> bool:
-        """Learn x; True when its short mean has shifted (an alarm). `floor` is the smallest
-        typical deviation to assume (a share of the default's typical step); `rebase` says the
-        default detector alarmed on x, so whatever changed is learned, not alerted twice."""
-        if ts - self.last_ts > GAP * dt_typ > 0.0 and self.n:  # after a gap: restart the means
+    def update(self, ts: float, x: float, floor: float, dt_typ: float, *, rebase: bool = False) -> float:
+        """Learn x and return its raw score (what `score` said): >= 1 is an alarm, unless
+        `rebase` says the default detector explained x, so whatever changed is learned instead
+        of alerted twice. `floor` is the smallest typical difference to assume (a share of the
+        default's typical step)."""
+        n = self.n
+        if ts - self.last_ts > GAP * dt_typ > 0.0 and n:  # after a gap: restart the means
             self.fast = self.slow = x
             self.last_ts = ts
-            return False
+            return 0.0
         self.last_ts = max(self.last_ts, ts)
         fast, slow, z = self._means(x, floor)
-        n = self.n
+        cal = self.cal
+        threshold = cal.threshold
+        boost = self.boost  # as `score` saw it
+        hold = self.hold
+        s = z / (threshold * boost) if n >= SHIFT_QUIET and not hold else 0.0
         if n:  # the typical |reading - short mean|, which bounds what one reading can move
             noise = self.noise
             resid = abs(x - self.fast)
@@ -142,27 +148,23 @@ class MeanShift:
                 resid = CLIP * noise
             self.noise = noise + (NOISE_GAIN if n * NOISE_GAIN > 1.0 else 1.0 / n) * (resid - noise)
         self.n += 1
-        boost = self.boost  # as `score` saw it
         if boost > 1.0:  # each alarm's raise fades over BOOST_TAU
             self.boost = 1.0 + (boost - 1.0) * (1.0 - min(1.0, dt_typ / BOOST_TAU))
         if rebase:  # an alarm (the default's): whatever changed is learned from what follows
             self.fast = self.slow = fast
             self.hold = HOLD
-            return False
-        hold = self.hold
+            return s
         if hold:  # after an alarm both means are the plain mean of the readings since
             self.fast = self.slow = self.fast + (x - self.fast) / (HOLD + 1 - hold)
             self.hold = hold - 1
-            return False
+            return s
         self.fast = fast
-        cal = self.cal
-        threshold = cal.threshold
-        if self.n > SHIFT_QUIET and z >= threshold * boost:
+        if s >= 1.0:
             cal.update(min(z, FIRST_FLAG_CAP * threshold))  # once per shift, capped
             self.boost = boost * BOOST
             self.fast = self.slow = fast
             self.hold = HOLD
-            return True
+            return s
         self.slow = slow
         d = abs(fast - slow)
         scale = self.scale
@@ -173,12 +175,7 @@ class MeanShift:
             # the short mean forgets in about SAMPLE_EVERY readings: one difference per such
             # span teaches the tail, so a shift in the making cannot raise its own threshold
             cal.update(z)
-        return False
-
-    def expected(self, floor: float) -> tuple[float, float]:
-        """The range the short mean was expected to stay in."""
-        band = self.limit() * (self.scale if self.scale > floor else floor)
-        return self.slow - band, self.slow + band
+        return s
 
 
 class ShiftAwareDetector:
@@ -233,7 +230,7 @@ class ShiftAwareDetector:
         inner.learn_one(ts, value)
         self._learn_shift(ts, value, floor, dt_typ, rebase=other)
 
-    def _learn_shift(self, ts: float, x: float, floor: float, dt_typ: float, *, rebase: bool) -> bool:
+    def _learn_shift(self, ts: float, x: float, floor: float, dt_typ: float, *, rebase: bool) -> float:
         shift = self.shift
         if shift.n == 0:
             shift.set_sampling(self.inner.dt_typ)
@@ -244,30 +241,33 @@ class ShiftAwareDetector:
         if value - value != 0.0:
             return NON_FINITE
         inner = self.inner
-        if not self._watched():
+        if inner.n < WARMUP or inner.counts:  # = not _watched(), inlined (the hot path)
             return inner.process(ts, value)
-        shift = self.shift
         floor = SCALE_FLOOR * inner.dev  # both as they were before this reading
         dt_typ = inner.dt_typ
-        other = self._other_regime(value)
-        s = 0.0 if other else shift.score(ts, value, floor, dt_typ)
-        score = s / (1.0 + s)
+        other = (  # = _other_regime(value), inlined
+            inner.has_alt
+            and abs(value - inner.alt_level) * inner.dev < abs(value - inner.level) * inner.alt_dev
+        )
         verdict = inner.process(ts, value)
-        if verdict.anomalous or other:
-            # the default has explained this change (an alarm, or its other regime, e.g. a
-            # compressor switching on): the mean question learns it instead of alerting
-            self._learn_shift(ts, value, floor, dt_typ, rebase=True)
+        shift = self.shift
+        before, limit, scale = shift.slow, shift.limit(), shift.scale
+        # the default's alarm, or its other regime (a compressor switching on), explains a
+        # change: the mean question learns it instead of alerting
+        s = self._learn_shift(ts, value, floor, dt_typ, rebase=verdict.anomalous or other)
+        if other:
+            return verdict
+        score = s / (1.0 + s)
+        if s < 1.0 or verdict.anomalous:
             return verdict if verdict.score >= score else verdict._replace(score=score)
-        low, high = shift.expected(floor)
-        before, z = shift.slow, s * shift.limit()
-        if not self._learn_shift(ts, value, floor, dt_typ, rebase=False):
-            return verdict if verdict.score >= score else verdict._replace(score=score)
+        band = limit * (scale if scale > floor else floor)
+        mean = shift.fast
         evidence = (
-            f"the mean of the last {round(1.0 / FAST)} readings is {_num(shift.fast)} {{unit}}, "
-            f"{_num(z)} times its typical wander {'above' if shift.fast > before else 'below'} "
+            f"the mean of the last {round(1.0 / FAST)} readings is {_num(mean)} {{unit}}, "
+            f"{_num(s * limit)} times its typical wander {'above' if mean > before else 'below'} "
             f"the expected {_num(before)} {{unit}}"
         )
-        return Verdict(score, True, low, high, "level_shift", evidence)
+        return Verdict(score, True, before - band, before + band, "level_shift", evidence)
 
     def to_bytes(self) -> bytes:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
