@@ -134,7 +134,8 @@ class MeanShift:
             self.fast = self.slow = x
             self.last_ts = ts
             return 0.0
-        self.last_ts = max(self.last_ts, ts)
+        if ts > self.last_ts:  # noqa: PLR1730 - the hot path avoids calls to max()
+            self.last_ts = ts
         fast, slow, z = self._means(x, floor)
         cal = self.cal
         threshold = cal.threshold
@@ -149,7 +150,8 @@ class MeanShift:
             self.noise = noise + (NOISE_GAIN if n * NOISE_GAIN > 1.0 else 1.0 / n) * (resid - noise)
         self.n += 1
         if boost > 1.0:  # each alarm's raise fades over BOOST_TAU
-            self.boost = 1.0 + (boost - 1.0) * (1.0 - min(1.0, dt_typ / BOOST_TAU))
+            fade = dt_typ / BOOST_TAU
+            self.boost = 1.0 + (boost - 1.0) * (1.0 - fade) if fade < 1.0 else 1.0
         if rebase:  # an alarm (the default's): whatever changed is learned from what follows
             self.fast = self.slow = fast
             self.hold = HOLD
@@ -251,10 +253,12 @@ class ShiftAwareDetector:
         )
         verdict = inner.process(ts, value)
         shift = self.shift
-        before, limit, scale = shift.slow, shift.limit(), shift.scale
+        if shift.n == 0:
+            shift.set_sampling(inner.dt_typ)
+        before, limit, scale = shift.slow, shift.cal.threshold * shift.boost, shift.scale
         # the default's alarm, or its other regime (a compressor switching on), explains a
         # change: the mean question learns it instead of alerting
-        s = self._learn_shift(ts, value, floor, dt_typ, rebase=verdict.anomalous or other)
+        s = shift.update(ts, value, floor, dt_typ, rebase=verdict.anomalous or other)
         if other:
             return verdict
         score = s / (1.0 + s)
