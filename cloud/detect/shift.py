@@ -54,14 +54,14 @@ NOISE_GAIN = 0.02  # gain of the typical |reading - short mean|, for clipping
 CLIP = 4.0  # a reading enters the means at most this many typical deviations away
 SCALE_CLIP = 2.0  # a difference teaches the typical difference at most this many of it
 SCALE_FLOOR = 0.05  # the typical difference is at least this share of the default's typical step
-SHIFT_QUIET = 400  # readings the shift question learns before it may alert (>= QUIET)
+SHIFT_QUIET = 400  # readings the shift question learns before it may alert (after WARMUP)
 SAMPLE_EVERY = 20  # the tail learns one difference per this many readings (about 1 / FAST)
 RISK_SAMPLES = 5.0  # a sample's risk is this many readings' (an alarm is one excursion)
 TAIL_START = (2.9, 0.5)  # the tail's prior (quantile, mean excess): a half-normal difference
 TAIL_FLOOR = 3.0  # the threshold is at least this many typical differences
 BOOST = 1.6  # each alarm raises this stream's shift threshold by this factor (its budget) ...
 BOOST_TAU = 7 * 86_400.0  # ... and the raise fades over this many seconds
-HOLD = 60  # readings after an alarm in which the baseline follows the short mean, silently
+HOLD = 60  # readings after an alarm: both means are the plain mean of them, and nothing alerts
 
 
 _SHIFT_STATE = ("boost", "cal", "fast", "hold", "last_ts", "n", "noise", "scale", "slow")
