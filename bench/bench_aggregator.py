@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_aggregator.py [--devices 1000] [--messages-per-device 24]
         [--samples 5] [--batch N] [--detector default] [--profile] [--no-broker | --no-in-process]
+        [--db postgresql | --db postgresql://user@host/postgres]
 
 1,000 simulated devices, 5 metrics each, `--samples` samples of each per message: 5 by default,
 25 readings/message, which is what an agent with the default linger (0.25 s) sends at 100
@@ -20,6 +21,10 @@ detector past its warm-up and calibration), then the timed messages, measured:
                max_queued_messages 0) with the timed messages, then drained: first by a
                decode-only aiomqtt subscriber that receives the way the service does, then by
                the real service (cloud.service.aggregator.Aggregator, acks and all). Wall time.
+               On SQLite always; with --db also on PostgreSQL, in the same run: `postgresql`
+               starts a private server (tests/postgres.py, fsync on, loopback, a free port),
+               a URL names a server where the bench creates (and drops) a scratch database
+               per run. Each backend's run measures its own decode-only ceiling beside it.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from cloud.detect.native import compiled  # noqa: E402
 from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings, decode_inbound  # noqa: E402
 from cloud.service.aggregator import tune_gc  # noqa: E402
 from cloud.service.config import AggregatorConfig  # noqa: E402
-from cloud.store.sqlite.store import Store  # noqa: E402
+from cloud.store.api import open_store  # noqa: E402
 from devices import wire  # noqa: E402
 
 METRICS = 5
@@ -140,7 +145,7 @@ def in_process(
     def pipeline_run(patch: Callable[[Pipeline], None] | None = None) -> float:
         workdir = Path(tempfile.mkdtemp(prefix="ew-bench-"))
         try:
-            with Store(workdir / "cloud.db") as store:
+            with open_store(workdir / "cloud.db", readonly=False, create=True) as store:
                 pipeline = Pipeline(store, PipelineSettings(detector=detector), now=now)
                 pipeline.ingest_items(warmup_items, now)
                 if patch:
@@ -158,7 +163,7 @@ def in_process(
         """Wall time of `Pipeline.ingest` on the raw messages: decode, store, detect, commit."""
         workdir = Path(tempfile.mkdtemp(prefix="ew-bench-"))
         try:
-            with Store(workdir / "cloud.db") as store:
+            with open_store(workdir / "cloud.db", readonly=False, create=True) as store:
                 pipeline = Pipeline(store, PipelineSettings(detector=detector), now=now)
                 pipeline.ingest_items(warmup_items, now)
                 gc.collect()
@@ -177,7 +182,7 @@ def in_process(
 
     def no_store(p: Pipeline) -> None:
         no_detect(p)
-        p.store.insert_readings = lambda rows: (len(rows), 1)  # type: ignore[method-assign]
+        p.store.store_messages = lambda items: []  # type: ignore[method-assign]
 
     runs: dict[str, list[float]] = {}
     for _ in range(repeat):
@@ -191,7 +196,7 @@ def in_process(
     res["full"] = res["decode"] + res["pipeline"]
     if profile:
         workdir = Path(tempfile.mkdtemp(prefix="ew-bench-"))
-        with Store(workdir / "cloud.db") as store:
+        with open_store(workdir / "cloud.db", readonly=False, create=True) as store:
             pipeline = Pipeline(store, PipelineSettings(detector=detector), now=now)
             pipeline.ingest_items(warmup_items, now)
             prof = cProfile.Profile()
@@ -276,7 +281,7 @@ async def _consume(client: Any) -> None:
         pass
 
 
-async def drain_aggregator(broker: Any, db: Path, total: int, detector: str) -> tuple[float, dict[str, Any]]:
+async def drain_aggregator(broker: Any, db: str, total: int, detector: str) -> tuple[float, dict[str, Any]]:
     from cloud.service.aggregator import Aggregator
 
     config = AggregatorConfig(
@@ -300,10 +305,10 @@ async def drain_aggregator(broker: Any, db: Path, total: int, detector: str) -> 
     return elapsed, {"batches": batches, "messages_per_batch": msgs / batches if batches else 0}
 
 
-def prewarm(db: Path, warmup: list[tuple[str, bytes]], detector: str) -> None:
+def prewarm(db: str, warmup: list[tuple[str, bytes]], detector: str) -> None:
     """The aggregator's store after the warm-up traffic, checkpointed: the drain starts warm."""
     now = time.time()
-    with Store(db) as store:
+    with open_store(db, readonly=False, create=True) as store:
         pipeline = Pipeline(store, PipelineSettings(detector=detector), now=now)
         items = [Inbound(t, p, now) for t, p in warmup]
         for i in range(0, len(items), 500):
@@ -312,13 +317,15 @@ def prewarm(db: Path, warmup: list[tuple[str, bytes]], detector: str) -> None:
 
 
 def via_broker(
-    warmup: list[tuple[str, bytes]], messages: list[tuple[str, bytes]], detector: str
+    warmup: list[tuple[str, bytes]], messages: list[tuple[str, bytes]], detector: str, db: str | None = None
 ) -> dict[str, Any]:
+    """One drain; the store is a fresh SQLite file unless `db` names a fresh database."""
     from tests.mosquitto import Mosquitto
 
     total = len(messages) * per_message
     workdir = Path(tempfile.mkdtemp(prefix="ew-bench-broker-"))
-    prewarm(workdir / "cloud.db", warmup, detector)
+    db = db or str(workdir / "cloud.db")
+    prewarm(db, warmup, detector)
     broker = Mosquitto(workdir / "broker")
     broker.start()
     try:
@@ -326,8 +333,8 @@ def via_broker(
         preload(broker, messages, ["bench-ceiling", "edgewatch-aggregator"])
         print(f"  preloaded {len(messages)} messages into 2 sessions in {time.perf_counter() - t:.1f}s")
         ceiling = asyncio.run(drain_decode_only(broker, total))
-        full, extra = asyncio.run(drain_aggregator(broker, workdir / "cloud.db", total, detector))
-        with Store(workdir / "cloud.db") as store:
+        full, extra = asyncio.run(drain_aggregator(broker, db, total, detector))
+        with open_store(db, readonly=True) as store:
             stored = store.count_readings() - len(warmup) * per_message
         return {"ceiling_s": ceiling, "full_s": full, "stored": stored, **extra}
     finally:
@@ -356,6 +363,11 @@ def main() -> None:
         help=f"messages per transaction (default {DEFAULT_BATCH}, the service's)",
     )
     parser.add_argument("--samples", type=int, default=SAMPLES, help="samples per metric per message")
+    parser.add_argument(
+        "--db",
+        default=None,
+        help="also through the broker on PostgreSQL: 'postgresql' (a private server) or a server's URL",
+    )
     args = parser.parse_args()
     global per_message, batch  # noqa: PLW0603 - a benchmark's knobs
     per_message = METRICS * args.samples
@@ -397,27 +409,72 @@ def report_in_process(res: dict[str, float], args: argparse.Namespace) -> None:
     print(f"  full pipeline, wall time of Pipeline.ingest(): {1 / res['wall']:>10,.0f} readings/s")
 
 
+class ScratchDatabases:
+    """Fresh PostgreSQL databases for the drains: on a private server, or on the one a URL names."""
+
+    def __init__(self, spec: str) -> None:
+        self.server: Any = None
+        if spec == "postgresql":
+            from tests.postgres import Postgres
+
+            self.server = Postgres(fsync=True)
+            self.server.start()
+            self.admin = self.server.url()
+        else:
+            self.admin = spec
+        self.created: list[str] = []
+
+    def new(self) -> str:
+        import psycopg
+
+        name = f"ew_bench_{len(self.created)}_{int(time.time())}"
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        return self.admin.rsplit("/", 1)[0] + "/" + name
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            return
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            for name in self.created:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
 def report_broker(
     warmup: list[tuple[str, bytes]], messages: list[tuple[str, bytes]], args: argparse.Namespace
 ) -> None:
     total = len(messages) * per_message
-    if not args.no_broker and (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
-        n = max(1, args.repeat - 1)
-        print(f"\nvia a loopback mosquitto (preloaded queues drained), wall time, best of {n}:")
-        tries = [via_broker(warmup, messages, args.detector) for _ in range(n)]
-        b = {
-            "ceiling_s": min(t["ceiling_s"] for t in tries),
-            "full_s": min(t["full_s"] for t in tries),
-            "stored": tries[-1]["stored"],
-            "messages_per_batch": tries[-1]["messages_per_batch"],
-        }
-        ceiling, full = total / b["ceiling_s"], total / b["full_s"]
-        print(f"  decode-only subscriber: {ceiling:>10,.0f} readings/s ({b['ceiling_s']:.2f}s)")
-        print(
-            f"  aggregator service:     {full:>10,.0f} readings/s ({b['full_s']:.2f}s, "
-            f"{full / ceiling:.0%} of the ceiling; {b['stored']:,} stored, "
-            f"{b['messages_per_batch']:.0f} messages per transaction)"
-        )
+    if args.no_broker or not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        return
+    n = max(1, args.repeat - 1)
+    scratch = ScratchDatabases(args.db) if args.db else None
+    backends: list[tuple[str, Callable[[], str | None]]] = [("SQLite", lambda: None)]
+    if scratch is not None:
+        backends.append(("PostgreSQL", scratch.new))
+    try:
+        for name, target in backends:
+            print(f"\n{name}, via a loopback mosquitto (preloaded queues drained), wall time, best of {n}:")
+            tries = [via_broker(warmup, messages, args.detector, target()) for _ in range(n)]
+            b = {
+                "ceiling_s": min(t["ceiling_s"] for t in tries),
+                "full_s": min(t["full_s"] for t in tries),
+                "stored": tries[-1]["stored"],
+                "messages_per_batch": tries[-1]["messages_per_batch"],
+            }
+            ceiling, full = total / b["ceiling_s"], total / b["full_s"]
+            print(f"  decode-only subscriber: {ceiling:>10,.0f} readings/s ({b['ceiling_s']:.2f}s)")
+            print(
+                f"  aggregator service:     {full:>10,.0f} readings/s ({b['full_s']:.2f}s, "
+                f"{full / ceiling:.0%} of the ceiling; {b['stored']:,} stored, "
+                f"{b['messages_per_batch']:.0f} messages per transaction)"
+            )
+    finally:
+        if scratch is not None:
+            scratch.close()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     └── CloudError           base of everything below
         ├── ConfigError      a bad option or config file; the message names the key
         ├── StoreError       the database cannot be opened, migrated or written
+        │   ├── StoreFull        no disk left to write on (it resumes by itself once there is)
         │   └── SchemaTooNew     the file was written by a newer edgewatch
         └── NotFound         an alert or device the caller named does not exist
 
@@ -26,6 +27,11 @@ class ConfigError(CloudError):
 
 class StoreError(CloudError):
     """The store cannot be opened, migrated or written (path, permissions, disk, corruption)."""
+
+
+class StoreFull(StoreError):
+    """A write failed for want of disk (SQLITE_FULL, an I/O error, ENOSPC): nothing was
+    committed, so nothing is confirmed; the same write succeeds once space returns."""
 
 
 class SchemaTooNew(StoreError):

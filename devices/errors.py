@@ -5,6 +5,7 @@ EdgewatchError
 │   └── UnsupportedVersion   a schema major version this reader does not know
 ├── TopicError           a topic outside the edgewatch layout
 ├── InvalidDeviceId      a device id that cannot appear in a topic
+│   └── ReservedDeviceId     a broker role's username posing as a device
 └── DriverError
     ├── UnknownDriver    no driver by that name (the message lists the known ones)
     ├── DriverConfigError    bad params for a driver
@@ -37,6 +38,10 @@ class TopicError(EdgewatchError):
 
 class InvalidDeviceId(EdgewatchError):
     """A device id that is empty, too long, reserved or holds characters unsafe in a topic."""
+
+
+class ReservedDeviceId(InvalidDeviceId):
+    """A well-formed device id that is a broker role's username (`aggregator`, `viewer`)."""
 
 
 class DriverError(EdgewatchError):

@@ -11,11 +11,15 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from devices.errors import InvalidDeviceId
+from devices.errors import InvalidDeviceId, ReservedDeviceId
 
 DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# Names that would make one device's topics collide with another topic of the layout.
-RESERVED_DEVICE_IDS = frozenset({"alerts", "telemetry", "backfill", "status", "ack"})
+# The broker usernames of the roles that are not devices. The ACL's `%u` device patterns apply to
+# every username, so a role's name must never be accepted as a device id, or the `viewer` could
+# feed readings (and alerts) as a device called "viewer".
+ROLE_USERNAMES = frozenset({"aggregator", "viewer"})
+# Names that would make one device's topics collide with another topic of the layout, or a role.
+RESERVED_DEVICE_IDS = frozenset({"alerts", "telemetry", "backfill", "status", "ack"}) | ROLE_USERNAMES
 
 
 def check_device_id(device: str) -> str:
@@ -25,6 +29,8 @@ def check_device_id(device: str) -> str:
             f"device id {device!r} must be 1-64 characters of letters, digits, '_', '.', '-' "
             "and start with a letter or digit"
         )
+    if device in ROLE_USERNAMES:
+        raise ReservedDeviceId(f"device id {device!r} is the username of a broker role")
     if device in RESERVED_DEVICE_IDS:
         raise InvalidDeviceId(f"device id {device!r} is reserved")
     return device

@@ -18,13 +18,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from devices import wire
+from devices.backoff import Backoff
 from devices.drivers import SensorDriver
 from devices.errors import SensorReadError, WireError
 from devices.model import Status, StatusEvent
 from edge.config import AgentConfig, build_drivers
 from edge.outbox import Outbox, Sample
 from edge.publisher import Link, LinkError
-from edge.sampling import Backoff, SensorSchedule
+from edge.sampling import SensorSchedule
 from edgewatch import __version__
 
 log = logging.getLogger("edgewatch.agent")
@@ -86,6 +87,7 @@ class Agent:
             oc.path,
             max_bytes=oc.max_bytes,
             min_free_disk_bytes=oc.min_free_disk_bytes,
+            reserve_bytes=oc.reserve_bytes,
             overflow=oc.overflow,
             synchronous=oc.synchronous,
             ack_timeout_s=pc.ack_timeout_s,
@@ -308,6 +310,11 @@ class Agent:
             "dropped_unconfirmed": c["dropped_unconfirmed"],
             "backlog": self.outbox.backlog,
             "sensor_failures": sum(s.health.failures for s in self.sensors),
+            "outbox_full": 1.0 if self.outbox.full else 0.0,  # the disk is full: policy drops apply
+            # Per sensor, so a heartbeat says which device stopped answering and since how many
+            # reads (0 once it answers again).
+            **{f"sensor_failures.{s.name}": s.health.failures for s in self.sensors},
+            **{f"sensor_failing.{s.name}": s.schedule.consecutive_failures for s in self.sensors},
         }
 
     def _heartbeat(self) -> None:

@@ -56,6 +56,7 @@ class OutboxConfig:
     min_free_disk_bytes: int = 64 * 1024 * 1024
     overflow: Overflow = Overflow.DROP_OLDEST
     synchronous: Synchronous = Synchronous.NORMAL
+    reserve_bytes: int = 1024 * 1024  # disk kept back for writing on when the disk fills up
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +180,10 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> AgentConf
         min_free_disk_bytes=outbox.get("min_free_disk_bytes", int, 64 * 1024 * 1024),
         overflow=Overflow(overflow),
         synchronous=Synchronous(sync),
+        reserve_bytes=outbox.get("reserve_bytes", int, 1024 * 1024),
     )
+    if outbox_cfg.reserve_bytes < 0:
+        raise outbox.fail("reserve_bytes", f"must be >= 0, got {outbox_cfg.reserve_bytes}")
     outbox.check_unknown()
 
     pub = _table(root, "publish", required=False)

@@ -8,7 +8,6 @@ read is retried a few times within the interval, then the sensor waits for its n
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 
 
@@ -52,21 +51,3 @@ class SensorSchedule:
         else:
             self._retries_left = self.retries
             self.next_due = tick
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Jittered exponential back-off for reconnects: uniform(0, min(cap, base * 2**attempt))."""
-
-    base_s: float = 0.5
-    max_s: float = 30.0
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self) -> float:
-        ceiling = min(self.max_s, self.base_s * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return self.rng.uniform(self.base_s / 4, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0

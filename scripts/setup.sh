@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepares a fresh Debian/Ubuntu machine: mosquitto, a C compiler and Python's headers (with
-# apt-get when root), a venv in .venv with edgewatch and the extras named in $1 (default: dev).
+# Prepares a fresh Debian/Ubuntu machine: mosquitto (and socat for the dev extra), a C compiler
+# and Python's headers (with apt-get when root), a venv in .venv with edgewatch and the extras
+# named in $1 (default: dev).
 # Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,15 @@ extras="${1:-dev}"
 need_apt=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   need_apt+=(mosquitto mosquitto-clients)
+fi
+# The dev extra's tests (and the bench) start a private PostgreSQL server: initdb and pg_ctl.
+if [[ ",${extras}," == *",dev,"* ]] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    && ! command -v initdb >/dev/null 2>&1; then
+  need_apt+=(postgresql)
+fi
+# The Modbus RTU tests link two pseudo-terminals with socat (a null-modem cable).
+if [[ ",$extras," == *,dev,* ]] && ! command -v socat >/dev/null 2>&1; then
+  need_apt+=(socat)
 fi
 if ! python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   echo "edgewatch needs Python >= 3.11 (found: $(python3 --version 2>&1))" >&2
@@ -29,7 +39,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    if [[ " ${need_apt[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+      # Tests start their own servers: no system cluster on 5432 from the package's postinst.
+      mkdir -p /etc/postgresql-common
+      echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
+    fi
+    apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold "${need_apt[@]}" >/dev/null
   else
     echo "missing system packages: ${need_apt[*]}" >&2
     echo "run: sudo apt-get install -y ${need_apt[*]}   (then run this command again)" >&2

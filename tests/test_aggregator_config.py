@@ -11,7 +11,7 @@ import pytest
 
 from cloud.errors import ConfigError, StoreError
 from cloud.ingest.pipeline import Inbound
-from cloud.service.aggregator import Aggregator, _batch_end, backoff
+from cloud.service.aggregator import Aggregator, _batch_end
 from cloud.service.config import AggregatorConfig, load_config
 from devices import wire
 
@@ -72,9 +72,12 @@ def test_missing_config_file(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml")
 
 
-def test_backoff_is_jittered_and_capped() -> None:
-    assert all(0 <= backoff(attempt, 2.0, 3) <= 8.0 for attempt in range(20) for _ in range(20))
-    assert max(backoff(10, 2.0, 3) for _ in range(200)) > 4.0  # capped at 2**3, not at 2**0
+def test_the_aggregator_reconnects_within_seconds_by_default() -> None:
+    """One client, not a herd: its reconnect delay is capped at a few seconds."""
+    config = AggregatorConfig()
+    assert config.reconnect_cap <= 5.0
+    with pytest.raises(ConfigError, match="reconnect_cap"):
+        AggregatorConfig().replace(reconnect_cap=0)
 
 
 def test_one_aggregator_per_database(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from cloud.analysis.evaluate import nab_sigmoid
 from cloud.detect import make_detector
 from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings
-from cloud.store.sqlite.store import Store
+from cloud.store.sqlite.store import SqliteStore
 from devices import wire
 from edgewatch.app import app
 from simulators.faults import Label, write_labels
@@ -231,7 +231,7 @@ def test_detect_opens_the_same_episodes_as_the_aggregator(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     detected = [e["start"] for e in json.loads(result.output)["episodes"]]
 
-    with Store(tmp_path / "cloud.db") as store:
+    with SqliteStore(tmp_path / "cloud.db") as store:
         pipeline = Pipeline(store, PipelineSettings(), now=T0)
         for first in range(0, n, 20):  # 20 readings a message, received as they are sent
             rows = [
@@ -241,9 +241,6 @@ def test_detect_opens_the_same_episodes_as_the_aggregator(tmp_path: Path) -> Non
             at = rows[-1][1]
             payload = wire.encode_readings("pi-1", "e1", rows, sent_at=at, msg_id=f"m{first}")
             pipeline.ingest([Inbound(wire.device_topic("pi-1", "telemetry"), payload, at)], at)
-        stored = [
-            float(start)
-            for (start,) in store.db.execute("SELECT start FROM alerts WHERE kind = 'anomaly' ORDER BY start")
-        ]
+        stored = sorted(a.start for a in store.list_alerts(kind="anomaly", limit=1 << 30))
     assert len(detected) >= 3  # the faults are seen at all (else the comparison is empty)
     assert stored == detected

@@ -23,21 +23,24 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from typer.testing import CliRunner
 
+from cloud.store.api import Store, open_store
 from devices import wire
 from devices.model import Status, StatusEvent
 from edgewatch.app import app
+from tests.conftest import STORE_BACKENDS
 from tests.mosquitto import Mosquitto
-from tests.test_aggregator import FakeAgent, count, wait_for
+from tests.test_aggregator import FakeAgent, wait_for
 
 pytestmark = pytest.mark.broker
+T = TypeVar("T")
 
 runner = CliRunner()
 N = 400  # readings per metric per device (1 s apart)
@@ -53,10 +56,16 @@ COUNTERS_F0 = {
     "published": 797.0,
 }
 
+# Refused messages: text with a terminal escape in it, and bytes that are not text at all.
+DEAD = [
+    (wire.device_topic("f-0", "telemetry"), b'{"v": "1.0", oops \x1b[31mred'),
+    (wire.device_topic("f-1", "telemetry"), b"\xff\xfe\x00\x01binary"),
+]
+
 
 @dataclass(frozen=True)
 class Fleet:
-    db: Path
+    db: str  # a SQLite path or a postgresql:// URL
     config: Path
     t0: float
     workdir: Path
@@ -113,12 +122,22 @@ def _settle(agent: FakeAgent, expected: dict[str, int]) -> None:
     raise AssertionError(f"not all readings confirmed: {agent.acked}")
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def _stored(db: str, what: Callable[[Store], T]) -> T:
+    with open_store(db, readonly=True) as store:
+        return what(store)
+
+
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Once per store backend: every operator command is tested on SQLite and on PostgreSQL."""
     work = tmp_path_factory.mktemp("fleet")
     mq = Mosquitto(work / "broker")
     mq.start()
-    db, config, log = work / "cloud.db", work / "aggregator.toml", work / "aggregator.log"
+    config, log = work / "aggregator.toml", work / "aggregator.log"
+    if request.param == "sqlite":
+        db = str(work / "cloud.db")
+    else:
+        db = request.getfixturevalue("postgres_server").create_database()
     config.write_text(
         "[aggregator]\n"
         f'broker = "{mq.url}"\n'
@@ -149,16 +168,22 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         }
         _status(agent, "f-0", StatusEvent.BIRTH, COUNTERS_F0)
         _settle(agent, sent)
+        for topic, payload in DEAD:
+            agent.publish_raw(topic, payload)
+        dead = lambda s: sum(s.dead_letter_counts().values())  # noqa: E731
+        wait_for(lambda: _stored(db, dead) == len(DEAD), what="dead letters")
         _status(agent, "f-2", StatusEvent.BIRTH)
-        wait_for(
-            lambda: count(db, "SELECT count(*) FROM devices WHERE status_event = 'birth'") == 2, what="births"
-        )
+        births = lambda s: sum(d.status_event == "birth" for d in s.list_devices())  # noqa: E731
+        wait_for(lambda: _stored(db, births) == 2, what="births")
         _status(agent, "f-2", StatusEvent.WILL)
-        alerts = "SELECT count(*) FROM alerts WHERE device = ? AND kind = ? AND state = ?"
-        wait_for(lambda: count(db, alerts, "f-0", "anomaly", "closed") == 1, what="f-0 episode closed")
-        wait_for(lambda: count(db, alerts, "f-1", "anomaly", "open") == 1, what="f-1 episode open")
-        wait_for(lambda: count(db, alerts, "f-2", "silent", "open") == 1, what="f-2 silent")
-        wait_for(lambda: count(db, "SELECT count(*) FROM alert_outbox") == 0, what="alerts published")
+
+        def alerts(device: str, kind: str, state: str) -> int:
+            return len(_stored(db, lambda s: s.list_alerts(device=device, kind=kind, state=state)))
+
+        wait_for(lambda: alerts("f-0", "anomaly", "closed") == 1, what="f-0 episode closed")
+        wait_for(lambda: alerts("f-1", "anomaly", "open") == 1, what="f-1 episode open")
+        wait_for(lambda: alerts("f-2", "silent", "open") == 1, what="f-2 silent")
+        wait_for(lambda: _stored(db, lambda s: s.pending_publications()) == [], what="alerts published")
         yield Fleet(db, config, t0, work)
     finally:
         if agent is not None:
@@ -202,8 +227,8 @@ def test_alerts_list_json_has_every_alert_newest_first_with_unix_and_iso_times(f
         ("f-1", "anomaly", "open"),
         ("f-0", "anomaly", "closed"),
     ]
-    with sqlite3.connect(fleet.db) as conn:
-        stored = dict(conn.execute("SELECT device, alert_id FROM alerts").fetchall())
+    with open_store(fleet.db, readonly=True) as store:
+        stored = {a.device: a.alert_id for a in store.list_alerts()}
     assert {a["device"]: a["alert_id"] for a in alerts} == stored
     f0, f1 = alerts[2], alerts[1]
     assert f0["start"] == pytest.approx(fleet.t0 + SPIKE_F0)
@@ -483,12 +508,100 @@ def test_missing_and_wrong_databases_are_clear_errors_and_left_untouched(tmp_pat
 
 def test_read_only_store_refuses_writes(fleet: Fleet) -> None:
     from cloud.errors import StoreError
-    from cloud.store.sqlite.queries import open_store
+    from cloud.store.api import open_store
 
-    with open_store(fleet.db) as store:
+    with open_store(fleet.db, readonly=True) as store:
         alert = store.list_alerts(limit=1)[0]
         with pytest.raises(StoreError):
             store.ack_alert(alert.alert_id, now=time.time())
+
+
+def _copy_of(db: str, where: Path) -> Path:
+    """A consistent copy of the live store (SQLite's backup API), closed: no -wal, no -shm."""
+    if "://" in db:
+        pytest.skip("about a SQLite file: a PostgreSQL operator's read-only open is its own session")
+    where.mkdir(parents=True, exist_ok=True)
+    copy = where / "copy.db"
+    src, dst = sqlite3.connect(db), sqlite3.connect(copy)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    return copy
+
+
+def _every_read_command(db: Path) -> None:
+    some = cli_json("alerts", "list", "--db", str(db))
+    assert some
+    for args in (
+        ("alerts", "list"),
+        ("alerts", "show", some[0]["alert_id"]),
+        ("devices", "list"),
+        ("devices", "show", "f-0"),
+    ):
+        result = cli(*args, "--db", str(db))
+        assert result.exit_code == 0, (args, result.output)
+    words = f"edgewatch alerts show --db {db} "
+    cli(env={"_EDGEWATCH_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "5"})
+
+
+def test_operator_commands_never_write_the_store(fleet: Fleet, tmp_path: Path) -> None:
+    """Read commands open the store read-only: no byte changes, no -wal or -shm appears."""
+    import hashlib
+
+    copy = _copy_of(fleet.db, tmp_path / "ro")
+    before = hashlib.sha256(copy.read_bytes()).hexdigest()
+    _every_read_command(copy)
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["copy.db"]
+
+
+def test_operator_commands_work_on_a_read_only_filesystem(
+    fleet: Fleet, tmp_path: Path, small_filesystem: Any
+) -> None:
+    where = small_filesystem(16 * 1024 * 1024)
+    copy = _copy_of(fleet.db, where / "store")
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+    _every_read_command(copy)
+
+
+# ---------------------------------------------------------------------------------------------
+# dead letters
+
+
+def test_deadletters_list_filters_and_counts(fleet: Fleet) -> None:
+    letters = cli_json("deadletters", "list", "--db", str(fleet.db))
+    assert [d["reason"] for d in letters] == ["malformed_json", "malformed_json"]
+    assert [d["device"] for d in letters] == ["f-1", "f-0"]  # newest first
+    assert all(d["received_at_iso"] and d["topic"] and d["payload_bytes"] for d in letters)
+    only_f0 = cli_json("deadletters", "list", "--device", "f-0", "--db", str(fleet.db))
+    assert [d["device"] for d in only_f0] == ["f-0"]
+    assert cli_json("deadletters", "list", "--reason", "future_ts", "--db", str(fleet.db)) == []
+    table = cli("deadletters", "list", "--db", str(fleet.db))
+    assert table.exit_code == 0 and "malformed_json 2" in table.output
+
+
+def test_deadletters_show_prints_the_payload_safely(fleet: Fleet) -> None:
+    import base64
+
+    by_device = {d["device"]: d["id"] for d in cli_json("deadletters", "list", "--db", str(fleet.db))}
+    text = cli("deadletters", "show", str(by_device["f-0"]), "--db", str(fleet.db))
+    assert text.exit_code == 0, text.output
+    assert "\x1b" not in text.output and "\\x1b[31mred" in text.output  # escaped, never sent raw
+    binary = cli("deadletters", "show", str(by_device["f-1"]), "--db", str(fleet.db))
+    assert "ff fe 00 01" in binary.output  # a hex dump
+    data = cli_json("deadletters", "show", str(by_device["f-1"]), "--db", str(fleet.db))
+    assert base64.b64decode(data["payload_base64"]) == DEAD[1][1] and data["payload_text"] is None
+    missing = cli("deadletters", "show", "999999", "--db", str(fleet.db))
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_devices_show_counts_dead_letters_per_reason(fleet: Fleet) -> None:
+    assert cli_json("devices", "show", "f-0", "--db", str(fleet.db))["dead_letters"] == {"malformed_json": 1}
+    assert cli_json("devices", "show", "f-2", "--db", str(fleet.db))["dead_letters"] == {}
+    panel = cli("devices", "show", "f-1", "--db", str(fleet.db))
+    assert "malformed_json 1" in panel.output
 
 
 # ---------------------------------------------------------------------------------------------

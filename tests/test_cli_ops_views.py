@@ -13,7 +13,7 @@ import zlib
 import pytest
 
 from cloud.ops import png, views
-from cloud.store.sqlite.store import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
+from cloud.store.api import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
 
 
 def alert(**changes: object) -> AlertRecord:

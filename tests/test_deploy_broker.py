@@ -181,6 +181,33 @@ def test_viewer_reads_alerts_only(broker: ProductionBroker, tmp_path: Path) -> N
         c.close()
 
 
+def test_role_users_cannot_publish_as_a_device(broker: ProductionBroker, tmp_path: Path) -> None:
+    """The `%u` device patterns apply to every username: role users must not get them."""
+    agg = prov(broker, tmp_path, None, role=Role.AGGREGATOR)
+    view = prov(broker, tmp_path, None, role=Role.VIEWER)
+    broker.reload()
+    aggregator = client(broker, agg, client_id="agg")
+    assert not aggregator.connect().is_failure
+    for sub in (wire.SUB_TELEMETRY, wire.SUB_BACKFILL, wire.SUB_STATUS):
+        assert not aggregator.subscribe(sub).is_failure
+    for role in (view, agg):
+        for kind in ("telemetry", "backfill", "status"):
+            forger = client(broker, role, client_id=f"{role.name}-forger")
+            assert not forger.connect().is_failure
+            forger.publish(f"edgewatch/v1/{role.name}/{kind}", b"role-as-device")
+            wait_for(lambda f=forger: f.dropped, 10, "the broker to drop the forger")  # type: ignore[misc]
+            forger.close()
+    dev = prov(broker, tmp_path, "dev-a")
+    broker.reload()
+    device = client(broker, dev, client_id="dev-a")
+    assert not device.connect().is_failure
+    device.publish(wire.device_topic("dev-a", wire.TELEMETRY), b"marker")
+    wait_for(lambda: "edgewatch/v1/dev-a/telemetry" in aggregator.topics(), 10, "dev-a's own message")
+    assert aggregator.topics() == ["edgewatch/v1/dev-a/telemetry"]
+    for c in (aggregator, device):
+        c.close()
+
+
 def test_rotated_password_replaces_the_old_one(broker: ProductionBroker, tmp_path: Path) -> None:
     first = prov(broker, tmp_path, "dev-a")
     broker.reload()

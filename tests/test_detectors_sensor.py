@@ -259,3 +259,13 @@ def test_a_dip_on_a_duty_cycle_expects_the_regime_the_stream_is_in() -> None:
     assert dip.expected_low is not None and dip.expected_high is not None
     assert dip.expected_low < off < dip.expected_high  # around where it was, not around "on"
     assert dip.expected_high < 0.5 * max(values)
+
+
+def test_the_score_peaks_at_the_onset_of_a_long_shift_not_through_it() -> None:
+    values = noisy(1500)
+    for i in range(800, 1000):  # 200 minutes 20 noise sigmas up
+        values[i] += 2.0
+    verdicts = run(SensorDetector(), values)
+    peak = max(range(800, 1000), key=lambda i: verdicts[i].score)
+    assert peak == 800
+    assert not any(v.anomalous for v in verdicts[850:1000])  # the new level is learned, not alarmed for hours

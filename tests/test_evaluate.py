@@ -184,6 +184,13 @@ def test_nab_per_device_merges_streams_and_overlapping_windows() -> None:
     # per stream, the window labels have metric "": every alert is outside them
     per_stream = nab_score(labels, alerts)
     assert per_stream.detected == 0 and per_stream.false_positives == 3
+    # windows that only touch stay two windows (SKAB: changepoints exactly 60 s apart)
+    touching = [Window("pump", "", 0.0, 60.0), Window("pump", "", 60.0, 120.0)]
+    both = nab_score(
+        touching, [Episode("pump", "p", 0.0, 1.0), Episode("pump", "q", 60.0, 61.0)], per_device=True
+    )
+    assert (both.windows, both.detected, both.false_positives) == (2, 2, 0)
+    assert both.score == pytest.approx(100.0)
 
 
 def test_nab_ignores_detections_on_dont_care_windows() -> None:
@@ -397,3 +404,11 @@ def test_torture_streams_are_seeded_and_long() -> None:
         span = first.points[-1][0] - first.points[0][0]
         assert span >= 29.0 * 86_400.0, shape
         assert all(b[0] > a[0] for a, b in zip(first.points, first.points[1:], strict=False)), shape
+
+
+def test_an_empty_label_file_is_no_events_not_an_error(tmp_path: Path) -> None:
+    """A demo stopped before its first fault began leaves an empty label file."""
+    empty = tmp_path / "labels.jsonl"
+    empty.write_text("")
+    assert load_windows(empty) == []
+    assert evaluate(load_windows(empty), [], stream_days=1.0).events == 0

@@ -10,7 +10,7 @@ import json
 import math
 import pickle
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ import pytest
 import cloud.detect
 from cloud.alerts.episodes import EpisodePolicy, SilencePolicy
 from cloud.detect.base import Verdict
-from cloud.errors import StoreError
+from cloud.errors import StoreError, StoreFull
 from cloud.ingest.pipeline import (
     AckCoalescer,
     DeadLetter,
@@ -29,7 +29,7 @@ from cloud.ingest.pipeline import (
     StatusItem,
     decode_inbound,
 )
-from cloud.store.sqlite.store import Store
+from cloud.store.sqlite.store import SqliteStore as Store
 from devices import wire
 from devices.model import Ack, AlertState, Status, StatusEvent
 
@@ -247,21 +247,17 @@ def test_duplicates_are_stored_once_counted_and_acked_again(pipeline: Pipeline, 
 
 
 def test_each_message_records_exactly_the_rows_it_stored(pipeline: Pipeline, store: Store) -> None:
-    """One batch, one multi-row insert: each message still owns a contiguous id range of its
-    own new readings, duplicates of earlier messages in the same batch included."""
+    """One batch, one multi-row insert: each message still owns exactly its own new readings,
+    duplicates of earlier messages in the same batch included."""
     batch = [msg(range(1, 11)), msg(range(6, 16)), msg(range(3, 8)), msg([16, 16, 17])]
     report = pipeline.ingest(batch, T0)
     assert (report.stored, report.duplicates) == (17, 11)
-    messages = list(store.db.query("SELECT * FROM messages ORDER BY id"))
-    assert [(m["stored"], m["duplicates"]) for m in messages] == [(10, 0), (5, 5), (0, 5), (2, 1)]
-    for m in messages:
-        ids = [r["id"] for r in store.db.query("SELECT id FROM readings WHERE message_id = ?", [m["id"]])]
-        if m["stored"]:
-            assert ids == list(range(m["first_id"], m["last_id"] + 1))
-        else:
-            assert ids == [] and m["first_id"] is None
-    seqs = [r["seq"] for r in store.db.query("SELECT seq FROM readings ORDER BY id")]
-    assert seqs == list(range(1, 18))
+    ids = [wire.decode_readings(m.payload).msg_id for m in batch]
+    receipts = [store.message(i) for i in ids]
+    counts = [[(m.stored, m.duplicates) for m in r] for r in receipts]
+    assert counts == [[(10, 0)], [(5, 5)], [(0, 5)], [(2, 1)]]
+    owner = {r.seq: r.msg_id for r in store.readings(DEV, "temp")}
+    assert owner == {s: ids[0] if s <= 10 else ids[1] if s <= 15 else ids[3] for s in range(1, 18)}
 
 
 def test_partial_resend_feeds_only_new_readings_even_with_a_seq_twice(pipeline: Pipeline) -> None:
@@ -305,10 +301,13 @@ def test_nothing_is_acked_or_learned_when_the_commit_fails(
     pipeline.ingest([msg([1, 2])], T0)
     pipeline.acks_due(T0)
 
-    def broken(rows: object) -> None:
+    write = store.store_messages
+
+    def broken(items: Sequence[ReadingsItem]) -> object:
+        write(items)  # the readings are written, then the disk fails before the commit
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "update_sources", broken)
+    monkeypatch.setattr(store, "store_messages", broken)
     with pytest.raises(StoreError, match="disk I/O error"):
         pipeline.ingest([msg([3, 4])], T0 + 5)
     assert pipeline.acks_due(T0 + 5) == []
@@ -319,6 +318,22 @@ def test_nothing_is_acked_or_learned_when_the_commit_fails(
     monkeypatch.setitem(cloud.detect.DETECTORS, "threshold", "tests.test_ingest:ThresholdDetector")
     pipeline.ingest([msg([3, 4])], T0 + 6)  # the agent's resend then succeeds
     assert pipeline.acks_due(T0 + 6) == [Ack(DEV, "e1", ((3, 4),))]
+
+
+def test_a_full_store_confirms_nothing_and_resumes(pipeline: Pipeline, store: Store) -> None:
+    """Fault injection that runs anywhere: SQLite says SQLITE_FULL past max_page_count."""
+    pipeline.ingest([msg(range(1, 11))], T0)
+    pipeline.acks_due(T0)
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(StoreFull):
+        pipeline.ingest([msg(range(11, 2011))], T0 + 5)
+    assert pipeline.acks_due(T0 + 10) == []
+    assert store.count_readings() == 10  # what was confirmed is still there
+    store.db.execute("PRAGMA max_page_count=1073741823")  # space returns
+    pipeline.ingest([msg(range(11, 2011))], T0 + 11)  # the agent's resend
+    assert pipeline.acks_due(T0 + 12) == [Ack(DEV, "e1", ((11, 2010),))]
+    assert store.count_readings() == 2010
 
 
 def test_a_spike_opens_and_closes_one_episode_published_once(pipeline: Pipeline, store: Store) -> None:
@@ -434,3 +449,52 @@ def test_clean_shutdown_is_not_silence(pipeline: Pipeline) -> None:
     bye = Status(DEV, StatusEvent.SHUTDOWN, T0 + 1, "e1", "0.1.0")
     pipeline.ingest([msg([1]), Inbound(STATUS, wire.encode_status(bye), T0 + 1)], T0 + 1)
     assert pipeline.tick(T0 + 10_000).alerts_opened == 0
+
+
+@pytest.mark.parametrize(
+    ("blob", "tracker", "reason"),
+    [
+        (b"\x80\x05 not a pickle at all", None, "unreadable checkpoint"),
+        (b"edgewatch-checkpoint/99\n...", None, "format 99 is newer"),
+        (None, '{"live": {"phase": "half-open"}}', "unreadable episode state"),
+        (None, "{not json", "unreadable episode state"),
+    ],
+)
+def test_an_unreadable_checkpoint_starts_that_stream_fresh_and_keeps_it_aside(  # noqa: PLR0917
+    store: Store,
+    threshold: str,
+    caplog: pytest.LogCaptureFixture,
+    blob: bytes | None,
+    tracker: str | None,
+    reason: str,
+) -> None:
+    first = Pipeline(store, SETTINGS, now=T0)
+    first.ingest([msg(range(1, 11)), msg(range(1, 11), metric="hum", epoch="e2")], T0)
+    assert first.checkpoint(T0) == 2
+    bad = store.find_series(DEV, "sys", "hum")
+    with store.transaction():  # what a corrupt row, a renamed class or a newer version leaves
+        if blob is not None:
+            store.db.execute("UPDATE detector_state SET blob = ? WHERE series_id = ?", (blob, bad))
+        if tracker is not None:
+            store.db.execute("UPDATE detector_state SET tracker = ? WHERE series_id = ?", (tracker, bad))
+    caplog.set_level("WARNING", logger="edgewatch.cloud.ingest")
+    second = Pipeline(store, SETTINGS, now=T0 + 5)  # no exception: the aggregator starts
+    assert any(f"{DEV}/sys/hum" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+    assert second.detector(DEV, "sys", "hum") is None  # fresh: a warm-up from its next reading
+    resumed = second.detector(DEV, "sys", "temp")
+    assert isinstance(resumed, ThresholdDetector) and resumed.n == 10  # the other one resumed
+    ((series_id, _detector, why, _at),) = store.rejected_checkpoints()
+    assert series_id == bad and reason in why
+    second.ingest([msg(range(11, 14), metric="hum", epoch="e2")], T0 + 6)
+    fresh = second.detector(DEV, "sys", "hum")
+    assert isinstance(fresh, ThresholdDetector) and fresh.n == 3
+    assert second.checkpoint(T0 + 7) == 1  # the fresh stream is checkpointed again, readable
+    assert Pipeline(store, SETTINGS, now=T0 + 8).detector(DEV, "sys", "hum") is not None
+
+
+def test_checkpoints_carry_a_format_version(store: Store, threshold: str) -> None:
+    first = Pipeline(store, SETTINGS, now=T0)
+    first.ingest([msg(range(1, 5))], T0)
+    first.checkpoint(T0)
+    _, (cp,) = store.load_checkpoint()
+    assert cp.blob.startswith(b"edgewatch-checkpoint/1\n")

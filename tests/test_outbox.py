@@ -188,3 +188,84 @@ def test_unwritable_path_is_an_outbox_error(tmp_path: Path) -> None:
 def test_read_stats_of_a_missing_outbox(tmp_path: Path) -> None:
     with pytest.raises(OutboxError, match="no outbox"):
         read_stats(tmp_path / "none.db", 1)
+
+
+def _fill_up(ob: Outbox, pages: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection that runs anywhere: SQLite answers SQLITE_FULL past max_page_count,
+    exactly as it does when the filesystem is full, and statvfs reports no free space."""
+    used = int(ob._db.execute("PRAGMA page_count").fetchone()[0])
+    ob._db.execute(f"PRAGMA max_page_count={used + pages}")
+    monkeypatch.setattr(ob, "_free_disk", lambda: 0)
+
+
+def _space_returns(ob: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    ob._db.execute("PRAGMA max_page_count=1073741823")
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("overflow", [Overflow.DROP_OLDEST, Overflow.DROP_NEWEST])
+def test_a_full_disk_is_the_overflow_policy_not_a_crash(
+    tmp_path: Path, overflow: Overflow, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ob = Outbox(tmp_path / "o.db", overflow=overflow, reserve_bytes=0)
+    assert ob.append(samples(100)) == list(range(1, 101))
+    _fill_up(ob, 4, monkeypatch)
+    caplog.set_level("WARNING", logger="edgewatch.outbox")
+    kept: list[int] = []
+    for i in range(200):  # far more than 4 pages hold
+        kept += ob.append(samples(50, start=1.8e9 + 50 * i))
+    assert ob.full
+    c = ob.counters()
+    sampled = c["next_seq"] - 1
+    assert sampled == 100 + 200 * 50
+    assert c["dropped"] > 0
+    assert ob.backlog + c["dropped"] == sampled  # every reading is kept or counted as dropped
+    stored = {seq for (seq,) in ob._db.execute("SELECT seq FROM outbox")}
+    assert len(stored) == ob.backlog
+    if overflow is Overflow.DROP_OLDEST:
+        assert max(stored) == sampled  # the newest readings won
+    else:
+        assert stored >= set(range(1, 101))  # the oldest stayed, new ones were refused
+    assert sum("disk is full" in r.getMessage() for r in caplog.records) == 1  # once per episode
+    # Confirmations still delete on a full disk, and what they free is written on again.
+    assert ob.confirm([(1, sampled)]) == len(stored)
+    _space_returns(ob, monkeypatch)
+    assert len(ob.append(samples(10, start=1.9e9))) == 10
+    assert not ob.full
+    assert any("space is back" in r.getMessage() for r in caplog.records)
+    c = ob.counters()
+    assert ob.backlog + c["dropped"] + c["confirmed"] == c["next_seq"] - 1
+    ob.close()
+
+
+def test_a_full_disk_never_raises_from_sent_confirm_or_requeue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ob = Outbox(tmp_path / "o.db", reserve_bytes=0, ack_timeout_s=0.0)
+    ob.append(samples(20))
+    rows = ob.claim(limit=20, max_bytes=1 << 20)
+    _fill_up(ob, 0, monkeypatch)
+    ob._db.execute("PRAGMA max_page_count=1")  # not even one more page
+    ob.mark_sent([(rows[0].seq, rows[-1].seq)])  # could not be recorded: pending again
+    assert ob.inflight == 0
+    assert ob.requeue_overdue() >= 0
+    ob.set_meta({"confirm_rate": 1.0})
+    ob.close()
+    reopened = Outbox(tmp_path / "o.db")
+    assert reopened.backlog == 20  # nothing lost
+    reopened.close()
+
+
+def test_the_reserve_is_taken_and_given_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ob = Outbox(tmp_path / "o.db", reserve_bytes=64 * 1024)
+    assert ob.reserve_path.stat().st_size == 64 * 1024
+    assert ob.reserve_path.stat().st_blocks * 512 >= 64 * 1024  # allocated, not sparse
+    ob.append(samples(10))
+    _fill_up(ob, 0, monkeypatch)
+    ob._db.execute("PRAGMA max_page_count=1")
+    ob.append(samples(500))
+    assert ob.full and not ob.reserve_path.exists()
+    _space_returns(ob, monkeypatch)
+    ob.append(samples(1))
+    assert not ob.full and ob.reserve_path.exists()
+    ob.close()

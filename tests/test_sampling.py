@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import random
 
-from edge.sampling import Backoff, SensorSchedule
+from devices.backoff import Backoff, full_jitter
+from edge.sampling import SensorSchedule
 
 
 def test_fixed_rate_does_not_drift_and_skips_missed_ticks() -> None:
@@ -27,11 +28,21 @@ def test_failures_retry_within_the_interval_then_wait_for_the_tick() -> None:
     assert s.consecutive_failures == 0 and s.next_due == 20.0
 
 
-def test_backoff_is_jittered_and_capped() -> None:
+def test_backoff_is_full_jitter_and_capped() -> None:
     b = Backoff(base_s=0.5, max_s=8.0, rng=random.Random(1))
-    delays = [b.next_delay() for _ in range(12)]
-    assert all(0.125 <= d <= 8.0 for d in delays)
-    assert max(delays[6:]) > 2.0
-    assert len(set(delays)) == len(delays)
+    delays = [b.next_delay() for _ in range(200)]
+    assert all(0.0 <= d <= 8.0 for d in delays)
+    assert delays[0] <= 0.5 and delays[1] <= 1.0 and delays[2] <= 2.0  # the ceiling doubles
+    late = delays[10:]
+    assert min(late) < 1.0 and max(late) > 7.0  # full jitter: anywhere in [0, cap]
     b.reset()
-    assert b.next_delay() <= 0.5
+    assert b.attempt == 0 and b.next_delay() <= 0.5
+
+
+def test_full_jitter_spreads_a_herd_over_the_whole_window() -> None:
+    """1,000 agents that lost the broker together: their 6th retries spread over [0, 16 s]."""
+    rng = random.Random(3)
+    delays = sorted(full_jitter(5, 0.5, 30.0, rng) for _ in range(1000))
+    assert delays[-1] <= 16.0
+    quarters = [sum(1 for d in delays if q * 4 <= d < (q + 1) * 4) for q in range(4)]
+    assert all(200 <= n <= 300 for n in quarters), quarters

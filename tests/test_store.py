@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from cloud.errors import NotFound, SchemaTooNew, StoreError
-from cloud.ingest.pipeline import DeadLetter, Inbound, Pipeline, PipelineSettings
-from cloud.store.sqlite.store import SCHEMA_VERSION, AlertRecord, Store
+from cloud.errors import SchemaTooNew, StoreError
+from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings
+from cloud.store.api import AlertRecord
+from cloud.store.sqlite.store import SCHEMA_VERSION
+from cloud.store.sqlite.store import SqliteStore as Store
 from devices import wire
-from devices.model import Status, StatusEvent
 
 T0 = 1_750_000_000.0
 
@@ -117,109 +118,6 @@ def test_a_directory_or_garbage_file_is_a_store_error(tmp_path: Path) -> None:
         Store(garbage)
 
 
-def test_alert_queries_filter_get_by_prefix_and_ack(store: Store) -> None:
-    with store.transaction():
-        assert store.insert_alert(alert("aaaaaa111111", "pi-1", start=T0))
-        assert store.insert_alert(alert("aaaaaa222222", "pi-2", start=T0 + 10, kind="silent"))
-        assert store.insert_alert(alert("bbbbbb333333", "pi-1", start=T0 + 20))
-        assert not store.insert_alert(alert("bbbbbb333333", "pi-1", start=T0 + 20))  # replay: ignored
-        assert store.close_alert(
-            "bbbbbb333333",
-            end=T0 + 30,
-            closed_at=T0 + 31,
-            peak_score=0.95,
-            value=60.0,
-            expected_low=None,
-            expected_high=None,
-        )
-        assert not store.close_alert(
-            "bbbbbb333333",
-            end=T0 + 30,
-            closed_at=T0 + 31,
-            peak_score=0.95,
-            value=60.0,
-            expected_low=None,
-            expected_high=None,
-        )
-    assert [a.alert_id for a in store.list_alerts()] == ["bbbbbb333333", "aaaaaa222222", "aaaaaa111111"]
-    assert [a.alert_id for a in store.list_alerts(device="pi-1", state="open")] == ["aaaaaa111111"]
-    assert [a.alert_id for a in store.list_alerts(kind="silent")] == ["aaaaaa222222"]
-    assert [a.alert_id for a in store.list_alerts(since=T0 + 5, until=T0 + 15)] == ["aaaaaa222222"]
-    assert len(store.list_alerts(limit=1)) == 1
-    assert store.get_alert("bbbbbb").end == T0 + 30
-    with pytest.raises(NotFound, match="ambiguous"):
-        store.get_alert("aaaaaa")
-    with pytest.raises(NotFound, match="does not exist"):
-        store.get_alert("zzzzzzzz")
-    acked = store.ack_alert("aaaaaa111111", now=T0 + 100, by="ops", note="known")
-    assert (acked.acked_at, acked.acked_by, acked.note) == (T0 + 100, "ops", "known")
-    again = store.ack_alert("aaaaaa111111", now=T0 + 200, by="ops")
-    assert again.acked_at == T0 + 100 and again.note == "known"  # idempotent
-    assert [a.alert_id for a in store.list_alerts(acked=False)] == ["bbbbbb333333", "aaaaaa222222"]
-
-
-def test_devices_show_completeness_and_gaps(store: Store) -> None:
-    pipeline = Pipeline(store, PipelineSettings(detector="ewma"), now=T0)
-    pipeline.ingest(
-        [
-            readings("pi-1", range(1, 11)),
-            readings("pi-1", range(15, 21)),  # 11..14 lost
-            readings("pi-1", [25]),  # 21..24 lost
-            readings("pi-1", range(3, 6), epoch="e2"),  # a wiped device: new epoch, 1..2 lost
-            readings("pi-2", range(1, 4)),
-        ],
-        T0 + 1,
-    )
-    status = Status("pi-1", StatusEvent.HEARTBEAT, T0 + 2, "e1", "0.1.0", {"backlog": 4, "dropped": 2})
-    pipeline.ingest(
-        [Inbound(wire.device_topic("pi-1", "status"), wire.encode_status(status), T0 + 2)], T0 + 2
-    )
-    listed = {d.device: d for d in store.list_devices()}
-    assert set(listed) == {"pi-1", "pi-2"}
-    one = listed["pi-1"]
-    assert (one.readings, one.online, one.agent_version, one.counters["backlog"]) == (20, True, "0.1.0", 4.0)
-    assert {e.epoch: (e.received, e.missing) for e in one.epochs} == {"e1": (17, 8), "e2": (3, 2)}
-    assert one.missing == 10
-    assert listed["pi-2"].missing == 0 and listed["pi-2"].epochs[0].completeness == 1.0
-    shown = store.device("pi-1")
-    assert {e.epoch: e.gaps for e in shown.epochs} == {"e1": ((11, 14), (21, 24)), "e2": ((1, 2),)}
-    assert store.gaps("pi-1", "e1", limit=1) == ((11, 14),)
-    with pytest.raises(NotFound):
-        store.device("nobody")
-
-
-def test_readings_of_a_metric_in_a_window_carry_their_msg_id(store: Store) -> None:
-    pipeline = Pipeline(store, PipelineSettings(detector="ewma"), now=T0)
-    pipeline.ingest([readings("pi-1", range(1, 11)), readings("pi-1", range(11, 21), metric="load")], T0)
-    got = store.readings("pi-1", "temp", since=T0 + 3, until=T0 + 6)
-    assert [(r.seq, r.ts, r.msg_id, r.epoch, r.unit) for r in got] == [
-        (3, T0 + 3, "pi-1-1", "e1", "C"),
-        (4, T0 + 4, "pi-1-1", "e1", "C"),
-        (5, T0 + 5, "pi-1-1", "e1", "C"),
-    ]
-    assert len(store.readings("pi-1", "load")) == 10
-    assert store.readings("pi-1", "temp", sensor="other") == []
-    assert [m["stored"] for m in store.message("pi-1-1")] == [10]
-
-
-def test_dead_letters_keep_raw_bytes_capped_and_counted_by_reason(store: Store) -> None:
-    pipeline = Pipeline(store, PipelineSettings(detector="ewma"), now=T0)
-    big = b"x" * 300_000
-    topic = wire.device_topic("pi-1", "telemetry")
-    pipeline.ingest_items(
-        [
-            DeadLetter(T0, topic, "oversized", "300000 bytes", big, "pi-1"),
-            DeadLetter(T0, topic, "malformed_json", "?", b"{", "pi-1"),
-            DeadLetter(T0, topic, "malformed_json", "?", b"{", "pi-1"),
-        ],
-        T0,
-    )
-    assert store.dead_letter_counts() == {"malformed_json": 2, "oversized": 1}
-    (oversized,) = store.dead_letters(reason="oversized")
-    assert oversized.payload is not None and 0 < len(oversized.payload) < len(big)
-    assert len(store.dead_letters(device="pi-1", limit=2)) == 2
-
-
 def test_retention_deletes_old_history_but_not_open_alerts(store: Store) -> None:
     pipeline = Pipeline(store, PipelineSettings(detector="ewma"), now=T0)
     pipeline.ingest([readings("pi-1", range(lo, lo + 10)) for lo in range(1, 101, 10)], T0)
@@ -252,3 +150,38 @@ def test_readonly_store_answers_queries_and_refuses_writes(tmp_path: Path) -> No
         path.parent.chmod(0o755)
     with pytest.raises(StoreError, match="no database"):
         Store(tmp_path / "missing.db", readonly=True)
+
+
+def test_a_version_1_store_migrates_keeping_history_windows_and_the_checkpoint(tmp_path: Path) -> None:
+    """v1 joined messages to readings by a rowid range and kept a global reading-id watermark;
+    v2 keys both by message: an old file keeps answering and resumes where it was."""
+    path = tmp_path / "cloud.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    import sqlite_utils
+
+    from cloud.store.sqlite.store import MIGRATIONS
+
+    MIGRATIONS[0](sqlite_utils.Database(conn))
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO sources(id, device, epoch, received) VALUES (1, 'pi-1', 'e1', 4)")
+    conn.execute(
+        "INSERT INTO series(id, device, sensor, metric, unit) VALUES (1, 'pi-1', 'sys', 'temp', 'C')"
+    )
+    conn.execute("INSERT INTO devices(device, messages, readings) VALUES ('pi-1', 2, 4)")
+    for mid, lo, msg in ((1, 1, "m-1"), (2, 3, "m-2")):  # two messages of two readings each
+        conn.execute(
+            "INSERT INTO messages VALUES (?, ?, 'pi-1', 'e1', 'telemetry', ?, ?, 2, 2, 0, 0, ?, ?, ?, ?)",
+            (mid, msg, T0, T0, lo, lo + 1, T0 + lo, T0 + lo + 1),
+        )
+        for seq in (lo, lo + 1):
+            conn.execute("INSERT INTO readings VALUES (?, 1, ?, 1, ?, 20.0, ?, 0)", (seq, seq, T0 + seq, mid))
+    conn.execute("INSERT INTO detector_state VALUES (1, 'ewma', x'00', '{}', ?)", (T0,))
+    conn.execute("INSERT INTO checkpoint VALUES ('watermark', 2)")  # processed through reading 2
+    conn.close()
+    with Store(path) as store:
+        got = store.readings("pi-1", "temp")
+        assert [(r.seq, r.msg_id) for r in got] == [(1, "m-1"), (2, "m-1"), (3, "m-2"), (4, "m-2")]
+        watermark, (state,) = store.load_checkpoint()
+        assert (watermark, state.watermark) == (1, 1)  # message 1 was processed, message 2 was not
+        assert [(r.message_id, r.ts) for r in store.readings_after(watermark)] == [(2, T0 + 3), (2, T0 + 4)]
+        assert store.message_totals().stored == 4

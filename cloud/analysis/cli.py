@@ -114,7 +114,10 @@ def evaluate_cmd(
         ),
     ] = None,
     db: Annotated[
-        Path | None, typer.Option(help="Or take the alerts from an aggregator's store (anomaly alerts).")
+        str | None,
+        typer.Option(
+            help="Or take the alerts from an aggregator's store (SQLite file or postgresql:// URL)."
+        ),
     ] = None,
     replay_run: Annotated[
         str | None, typer.Option("--replay", help="With --db: the alerts of this `edgewatch replay` run.")
@@ -186,25 +189,23 @@ def evaluate_cmd(
         typer.echo("(stream-days estimated from the files' time span; pass --stream-days to fix it)")
 
 
-def _store_episodes(db: Path | None, run: str | None) -> list[Any]:
+def _store_episodes(db: str | None, run: str | None) -> list[Any]:
     """Anomaly alerts of a store (or of one replay run in it) as evaluation episodes."""
     from cloud.analysis.evaluate import Episode
     from cloud.analysis.replay import replayed_alerts
     from cloud.errors import CloudError
-    from cloud.store.sqlite.queries import open_store
+    from cloud.store.api import open_store
 
     assert db is not None
     try:
-        store = open_store(db)
+        store = open_store(db, readonly=True)
         try:
             if run is not None:
                 rows = replayed_alerts(store, run)
             else:
                 rows = [
-                    (str(d), str(m), float(st), None if e is None else float(e))
-                    for d, m, st, e in store.db.execute(
-                        "SELECT device, metric, start, end FROM alerts WHERE kind = 'anomaly'"
-                    )
+                    (a.device, a.metric, a.start, a.end)
+                    for a in store.find_alerts(kind="anomaly", limit=1 << 62)
                 ]
         finally:
             store.close()
@@ -215,7 +216,7 @@ def _store_episodes(db: Path | None, run: str | None) -> list[Any]:
 
 def replay_cmd(
     *,
-    db: Annotated[Path, typer.Option(help="The aggregator's SQLite store.")],
+    db: Annotated[str, typer.Option(help="The aggregator's store: a SQLite file or postgresql:// URL.")],
     device: Annotated[str | None, typer.Option(help="Only this device's streams.")] = None,
     since: Annotated[
         str | None, typer.Option(help="Only readings from this time on (ISO-8601 or epoch seconds).")
@@ -239,14 +240,14 @@ def replay_cmd(
     from cloud.analysis.replay import replay
     from cloud.detect import UnknownDetector
     from cloud.errors import CloudError
-    from cloud.store.sqlite.queries import open_store
+    from cloud.store.api import open_store
 
     try:
         start = parse_timestamp(since) if since is not None else None
     except ValueError as exc:
         raise _fail(f"--since: {exc}") from None
     try:
-        store = open_store(db, write=not dry_run)
+        store = open_store(db, readonly=dry_run)
         try:
             report = replay(
                 store, detector=detector, device=device, since=start, dry_run=dry_run,

@@ -1,4 +1,4 @@
-"""How good are the alerts? Event recall, precision, false alarms per stream-day, delay.
+"""How good are the alerts? Event recall, precision, false alarms per stream-day, delay, NAB.
 
 Ground truth is a set of labelled windows (the simulators' JSON-lines label file, or any CSV with
 `device,metric,start,end`); alerts are episodes (`device,metric,start,end`). A label is detected
@@ -6,6 +6,11 @@ when an episode of the same stream overlaps `[start, end + tolerance]`; its dela
 after `start` the first such episode opened (0 if one was already open). An episode that
 overlaps no label is a false alarm. Labels of kinds a value detector cannot see (a dropout has no
 values) are "don't care": they are not events, and episodes on them are neither true nor false.
+
+`nab_score` is the NAB-style score (Lavin & Ahmad 2015) of where episodes open, per stream or
+per device. Episodes come from production's own episode machine (`EpisodeRecorder` runs
+`cloud.alerts.episodes.EpisodeTracker` with the aggregator's `EpisodePolicy`), so the figures
+describe the alerts people get.
 
 Everything here is a pure function of its inputs, plus two small file loaders.
 """
@@ -370,10 +375,10 @@ def report(
 
 
 def _merged(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Sorted spans with overlapping ones joined."""
+    """Sorted spans with overlapping ones joined (spans that only touch stay apart)."""
     out: list[tuple[float, float]] = []
     for a, b in sorted(spans):
-        if out and a <= out[-1][1]:
+        if out and a < out[-1][1]:
             out[-1] = (out[-1][0], max(out[-1][1], b))
         else:
             out.append((a, b))
@@ -529,6 +534,8 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read ({exc})") from None
     stripped = text.lstrip()
+    if not stripped:  # e.g. a demo stopped before its first fault began: no labels, no episodes
+        return
     if stripped.startswith("{"):
         try:
             doc = json.loads(text)

@@ -1,28 +1,24 @@
 """Rebuild detector state and alerts from stored history (the event-sourcing promise).
 
-Every stored reading of the chosen streams goes, in timestamp order, through exactly the code
-the aggregator uses: `make_detector(name).process` per reading and one `EpisodeTracker` per
-stream, with the same deterministic alert ids. The result goes to a separate alert set (the
-`replay_alerts` table, tagged with a run name) so a new detector can be compared with the live
-one without touching it; `into_alerts=True` writes into the live `alerts` table instead, where
-insert-or-ignore on the deterministic id means a replay never doubles an alert.
+Stored readings go through the aggregator's own code (`Pipeline.detect_history`): in the order
+they were first processed, live ones scored and learned, backfilled (late) ones only scored
+against the live state and tracked apart, with the same deterministic alert ids. So a replay of
+the history the aggregator saw gives exactly its alerts, late ones included. The result goes to
+a separate alert set (the store's replay set, tagged with a run name) so a new detector can be
+compared with the live one without touching it; `into_alerts=True` writes into the live alerts
+instead, where insert-or-ignore on the deterministic id means a replay never doubles one. The
+history and both alert sets are the store's (`cloud.store.api.ReadModel`).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
 
-from cloud.alerts.episodes import EpisodePolicy, EpisodeTracker, Transition, alert_id
-from cloud.detect import make_detector
-from cloud.errors import StoreError
-from cloud.store.sqlite.store import AlertRecord, Store
+from cloud.ingest.pipeline import Pipeline, PipelineSettings
+from cloud.store.api import REPLAY_SET, AlertRecord, ReplayedAlert, ReplayRow, Store
 from devices.model import AlertKind, AlertState
-
-REPLAY_TABLE: Final = "replay_alerts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +33,7 @@ class ReplayedEpisode:
     value: float
     expected_low: float | None
     expected_high: float | None
+    late: bool = False  # raised by backfilled readings, as the aggregator raised it
 
 
 @dataclass(slots=True)
@@ -47,7 +44,7 @@ class ReplayReport:
     readings: int = 0
     episodes: list[ReplayedEpisode] = field(default_factory=list)
     written: int = 0  # new rows in the target alert set (0 for a dry run)
-    target: str = REPLAY_TABLE
+    target: str = REPLAY_SET
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -60,35 +57,21 @@ class ReplayReport:
             "target": self.target,
             "alerts": [
                 {"alert_id": e.alert_id, "device": e.device, "sensor": e.sensor, "metric": e.metric,
-                 "start": e.start, "end": e.end, "peak_score": e.peak_score, "value": e.value}
+                 "start": e.start, "end": e.end, "peak_score": e.peak_score, "value": e.value,
+                 "late": e.late}
                 for e in self.episodes
             ],
         }  # fmt: skip
 
 
-def _rows(
-    store: Store, device: str | None, since: float | None
-) -> Iterator[tuple[int, str, str, str, float, float, str]]:
-    """(series_id, device, sensor, metric, ts, value, msg_id) ordered by stream, then time."""
-    sql = (
-        "SELECT r.series_id, s.device, s.sensor, s.metric, r.ts, r.value, coalesce(m.msg_id, '') "
-        "FROM readings r JOIN series s ON s.id = r.series_id LEFT JOIN messages m ON m.id = r.message_id "
-        "WHERE (? IS NULL OR s.device = ?) AND r.ts >= ? ORDER BY r.series_id, r.ts, r.id"
-    )
-    try:
-        yield from store.db.execute(sql, (device, device, since if since is not None else 0.0))
-    except sqlite3.Error as exc:
-        raise StoreError(f"reading history from {store.path} failed: {exc}") from exc
-
-
-def _ensure_replay_table(store: Store) -> None:
-    store.db.execute(
-        f"CREATE TABLE IF NOT EXISTS {REPLAY_TABLE} ("
-        "run TEXT NOT NULL, alert_id TEXT NOT NULL, device TEXT NOT NULL, sensor TEXT NOT NULL, "
-        "metric TEXT NOT NULL, detector TEXT NOT NULL, start REAL NOT NULL, end REAL, "
-        "peak_score REAL NOT NULL, value REAL, expected_low REAL, expected_high REAL, "
-        "created_at REAL NOT NULL, PRIMARY KEY (run, alert_id))"
-    )
+def _history(
+    store: Store, device: str | None, since: float | None, progress: Callable[[int], None] | None
+) -> Iterator[ReplayRow]:
+    """Stored readings in the order they were first processed, optionally one device's from `since`."""
+    for n, row in enumerate(store.history(device=device, since=since), start=1):
+        if progress is not None and n % 50_000 == 0:
+            progress(n)
+        yield row
 
 
 def replay(
@@ -100,88 +83,79 @@ def replay(
     dry_run: bool = False,
     into_alerts: bool = False,
     run: str | None = None,
-    policy: EpisodePolicy | None = None,
+    settings: PipelineSettings | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ReplayReport:
-    """Re-run stored readings through `detector`; see the module docstring for where alerts go."""
+    """Re-run stored readings through `detector`; see the module docstring for where alerts go.
+
+    `settings` are the aggregator's pipeline settings (episode policy, late threshold); the
+    defaults are the aggregator's defaults.
+    """
     now = time.time()
     report = ReplayReport(
         run=run or f"{detector}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}",
         detector=detector,
-        target="alerts" if into_alerts else REPLAY_TABLE,
+        target="alerts" if into_alerts else REPLAY_SET,
     )
-    policy = policy or EpisodePolicy()
-    current: int | None = None
-    tracker = EpisodeTracker(policy)
-    detect = make_detector(detector)
+    base = settings or PipelineSettings()
+    pipeline = Pipeline(
+        store,
+        PipelineSettings(detector, base.episodes, base.silence, base.late_threshold, base.max_future),
+        now=now,
+        recover=False,
+    )
+    streams: set[int] = set()
 
-    def emit(row: tuple[int, str, str, str, float, float, str], t: Transition) -> None:
-        _, dev, sensor, metric, *_ = row
+    def counted(rows: Iterator[ReplayRow]) -> Iterator[ReplayRow]:
+        for row in rows:
+            streams.add(row.series_id)
+            yield row
+
+    report.readings, events = pipeline.detect_history(counted(_history(store, device, since, progress)), now)
+    report.streams = len(streams)
+    by_id: dict[str, int] = {}
+    for e in events:
         episode = ReplayedEpisode(
-            alert_id(dev, sensor, metric, AlertKind.ANOMALY, t.start),
-            dev, sensor, metric, t.start, t.end, t.peak_score, t.value, t.expected_low, t.expected_high,
+            e.alert_id, e.device, e.sensor, e.metric, e.start, e.end, e.peak_score,
+            e.value if e.value is not None else float("nan"), e.expected_low, e.expected_high, e.late,
         )  # fmt: skip
-        if report.episodes and report.episodes[-1].alert_id == episode.alert_id:
-            report.episodes[-1] = episode  # the closing transition completes the open one
+        if e.alert_id in by_id:  # the closing transition completes the open one
+            report.episodes[by_id[e.alert_id]] = episode
         else:
+            by_id[e.alert_id] = len(report.episodes)
             report.episodes.append(episode)
-
-    for row in _rows(store, device, since):
-        series_id, _, _, _, ts, value, msg_id = row
-        if series_id != current:
-            current = series_id
-            tracker = EpisodeTracker(policy)
-            detect = make_detector(detector)
-            report.streams += 1
-        transition = tracker.observe(ts, value, detect.process(ts, value), msg_id=msg_id)
-        if transition is not None:
-            emit(row, transition)
-        report.readings += 1
-        if progress is not None and report.readings % 50_000 == 0:
-            progress(report.readings)
     if not dry_run:
         report.written = _write(store, report, into_alerts, now)
     return report
 
 
 def _write(store: Store, report: ReplayReport, into_alerts: bool, now: float) -> int:
-    written = 0
-    try:
-        with store.transaction():
-            if into_alerts:
-                for e in report.episodes:
-                    state = AlertState.OPEN if e.end is None else AlertState.CLOSED
-                    written += store.insert_alert(
-                        AlertRecord(
-                            e.alert_id, e.device, e.sensor, e.metric, str(AlertKind.ANOMALY), str(state),
-                            e.start, e.end, e.peak_score, e.value, e.expected_low, e.expected_high,
-                            "warning", False, report.detector, "", now, None if e.end is None else now,
-                            None, "", f"replay {report.run}",
-                        )
-                    )  # fmt: skip
-            else:
-                _ensure_replay_table(store)
-                for e in report.episodes:
-                    cur = store.db.execute(
-                        f"INSERT OR IGNORE INTO {REPLAY_TABLE} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
-                        (report.run, e.alert_id, e.device, e.sensor, e.metric, report.detector, e.start,
-                         e.end, e.peak_score, e.value, e.expected_low, e.expected_high, now),
-                    )  # fmt: skip
-                    written += cur.rowcount
-    except sqlite3.Error as exc:
-        raise StoreError(f"writing replayed alerts to {store.path} failed: {exc}") from exc
-    return written
+    with store.transaction():
+        if into_alerts:
+            written = 0
+            for e in report.episodes:
+                state = AlertState.OPEN if e.end is None else AlertState.CLOSED
+                written += store.insert_alert(
+                    AlertRecord(
+                        e.alert_id, e.device, e.sensor, e.metric, str(AlertKind.ANOMALY), str(state),
+                        e.start, e.end, e.peak_score, e.value, e.expected_low, e.expected_high,
+                        "warning", e.late, report.detector, "", now, None if e.end is None else now,
+                        None, "", f"replay {report.run}",
+                    )
+                )  # fmt: skip
+            return written
+        return store.save_replayed(
+            [
+                ReplayedAlert(
+                    report.run, e.alert_id, e.device, e.sensor, e.metric, report.detector, e.start, e.end,
+                    e.peak_score, e.value, e.expected_low, e.expected_high,
+                )
+                for e in report.episodes
+            ],
+            now,
+        )  # fmt: skip
 
 
 def replayed_alerts(store: Store, run: str) -> list[tuple[str, str, float, float | None]]:
     """(device, metric, start, end) of one replay run, for `edgewatch evaluate --db --replay`."""
-    try:
-        return [
-            (str(d), str(m), float(s), None if e is None else float(e))
-            for d, m, s, e in store.db.execute(
-                f"SELECT device, metric, start, end FROM {REPLAY_TABLE} WHERE run = ? ORDER BY start",  # noqa: S608
-                (run,),
-            )
-        ]
-    except sqlite3.Error as exc:
-        raise StoreError(f"no replay run {run!r} in {store.path}: {exc}") from exc
+    return [(a.device, a.metric, a.start, a.end) for a in store.replayed_alerts(run)]

@@ -38,18 +38,70 @@ def make_detector(name: str = DEFAULT_DETECTOR, *, seed: int = 0) -> StreamDetec
     return detector
 
 
+CHECKPOINT_FORMAT = 1
+_CHECKPOINT_MAGIC = b"edgewatch-checkpoint/"
+
+
+class CheckpointError(ValueError):
+    """A stored checkpoint that cannot be restored: corrupt, from a renamed class or an upgraded
+    library, or in a format newer than this code. The stream starts fresh instead."""
+
+
+def detector_to_bytes(detector: StreamDetector) -> bytes:
+    r"""A checkpoint: `edgewatch-checkpoint/<format>` and a newline, then the detector's bytes.
+
+    The format number lets a later version migrate or refuse old checkpoints cleanly.
+
+    >>> detector_to_bytes(make_detector("ewma")).startswith(b"edgewatch-checkpoint/1\n")
+    True
+    """
+    return b"%s%d\n%s" % (_CHECKPOINT_MAGIC, CHECKPOINT_FORMAT, detector.to_bytes())
+
+
 def detector_from_bytes(blob: bytes) -> StreamDetector:
-    """Restore a checkpoint written by `StreamDetector.to_bytes` (our own store only)."""
-    detector: StreamDetector = pickle.loads(blob)  # noqa: S301 - our own checkpoint table
-    return detector
+    r"""Restore a checkpoint of `detector_to_bytes` (or a bare pickle, format 0, from earlier
+    versions); CheckpointError if it cannot be.
+
+    >>> detector_from_bytes(b"edgewatch-checkpoint/9\n...")
+    Traceback (most recent call last):
+    ...
+    cloud.detect.CheckpointError: checkpoint format 9 is newer than this aggregator's (1)
+    >>> detector_from_bytes(b"\x80\x05garbage")
+    Traceback (most recent call last):
+    ...
+    cloud.detect.CheckpointError: unreadable checkpoint (format 0): UnpicklingError: ...
+    """
+    version, body = 0, blob
+    if blob.startswith(_CHECKPOINT_MAGIC):
+        head, _, body = blob[len(_CHECKPOINT_MAGIC) :].partition(b"\n")
+        try:
+            version = int(head)
+        except ValueError:
+            raise CheckpointError(f"unreadable checkpoint header {head[:20]!r}") from None
+        if version > CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"checkpoint format {version} is newer than this aggregator's ({CHECKPOINT_FORMAT})"
+            )
+    try:
+        detector = pickle.loads(body)  # noqa: S301 - our own checkpoint table
+    except Exception as exc:  # corrupt bytes, a renamed class, an upgraded library: all the same
+        why = f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"unreadable checkpoint (format {version}): {why}") from exc
+    if not callable(getattr(detector, "process", None)):
+        raise CheckpointError(f"checkpoint holds a {type(detector).__name__}, not a detector")
+    restored: StreamDetector = detector
+    return restored
 
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "DEFAULT_DETECTOR",
     "DETECTORS",
+    "CheckpointError",
     "StreamDetector",
     "UnknownDetector",
     "Verdict",
     "detector_from_bytes",
+    "detector_to_bytes",
     "make_detector",
 ]

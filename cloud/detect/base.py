@@ -10,7 +10,7 @@ Conventions every registered detector keeps (tests/test_detectors.py checks them
   sensor that reports a non-number is faulty) and `score_one` returns 1.0.
 - The first readings of a stream are a warm-up (score 0, never flagged), and nothing is
   flagged before the detector has calibrated (the default: 20 readings of warm-up, no
-  anomalous verdict before the 60th reading).
+  anomalous verdict before the 180th reading).
 - `to_bytes()` is a pickle restored by `cloud.detect.detector_from_bytes`; a restored detector
   gives exactly the verdicts the original would have given. State is bounded per stream.
 """

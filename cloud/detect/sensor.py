@@ -21,8 +21,9 @@ Three questions per reading, each answered in O(1) pure Python (no numpy, no riv
 
 The raw score `S` is the largest of the three, each in units of its own threshold, and the score
 is `S / (1 + S)`: 0.5 is exactly this stream's decision boundary. The threshold's risk per reading
-is the stream's sampling interval over a fixed false-alarm budget (`ALARM_BUDGET`), so a stream
-read every second is as quiet per day as one read every five minutes. A stream whose first
+is the stream's sampling interval over a fixed false-alarm budget (`ALARM_BUDGET`, within
+`RISK_MIN`..`RISK_MAX`), so a stream read every minute does not raise five times the false
+alarms per day of one read every five minutes. A stream whose first
 readings are all non-negative whole numbers is a count, judged on a scale that is linear near
 zero and logarithmic above its typical count (bursts and heavy tails are its habit). An
 anomalous verdict says what it saw (`kind`: spike, dip, level shift, noise burst, stuck,
@@ -50,7 +51,7 @@ _sqrt = math.sqrt
 _log = math.log
 
 WARMUP = 20  # readings collected before the first score (robust start: medians, not means)
-QUIET = 60  # readings scored and learned, but never reported anomalous (calibration)
+QUIET = 180  # readings scored and learned, but never reported anomalous (calibration)
 ALPHA = 0.25  # level gain on a normal reading
 ALPHA_FLAGGED = 0.05  # level gain on a flagged reading
 DEV_GAIN = 0.02  # gain of the typical step (the scale)

@@ -11,9 +11,10 @@ an alert outbox row in the same transaction. Only after COMMIT are the readings'
 the `AckCoalescer`, so a confirmation can never precede durability. The pipeline does no
 network I/O and takes `now` explicitly; `cloud.service.aggregator` is the asyncio shell around it.
 
-Recovery: detector and episode state are checkpointed with a watermark (the highest reading id
-they had processed). On start the pipeline loads the checkpoint and replays every stored reading
-past the watermark through the same code, in id order: the state ends exactly where it was
+Recovery: detector and episode state are checkpointed with watermarks, message ids the store
+gave: the last message the pipeline had processed, and per series the last one that series
+had. On start the pipeline loads the checkpoint and replays every stored reading past them
+through the same code, in the order first processed: the state ends exactly where it was
 before a crash, and alert ids are deterministic, so a replayed episode is never stored or
 published twice.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cloud.alerts.episodes import (
@@ -36,21 +37,19 @@ from cloud.alerts.episodes import (
     Transition,
     alert_id,
 )
-from cloud.detect import StreamDetector, Verdict, detector_from_bytes, make_detector
-from cloud.errors import StoreError
-from cloud.store.sqlite.store import AlertRecord, ReadingRow, Store, StreamCheckpoint
-from devices import wire
-from devices.errors import TopicError, WireError
-from devices.model import (
-    Ack,
-    AlertEvent,
-    AlertKind,
-    AlertState,
-    Reading,
-    ReadingBatch,
-    Status,
-    StatusEvent,
+from cloud.detect import (
+    CheckpointError,
+    StreamDetector,
+    Verdict,
+    detector_from_bytes,
+    detector_to_bytes,
+    make_detector,
 )
+from cloud.errors import StoreError
+from cloud.store.api import AlertRecord, DeadLetter, ReadingsItem, ReplayRow, Store, StreamCheckpoint
+from devices import wire
+from devices.errors import ReservedDeviceId, TopicError, WireError
+from devices.model import Ack, AlertEvent, AlertKind, AlertState, Status, StatusEvent
 
 log = logging.getLogger("edgewatch.cloud.ingest.pipeline")
 
@@ -72,44 +71,6 @@ class Inbound:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """Something that cannot be stored as a reading; kept with its raw bytes and reason."""
-
-    received_at: float
-    topic: str
-    reason: str
-    detail: str
-    payload: bytes | None = None
-    device: str | None = None
-    epoch: str | None = None
-    seq: int | None = None
-    msg_id: str = ""
-
-    def row(self) -> tuple[object, ...]:
-        return (
-            self.received_at,
-            self.topic,
-            self.reason,
-            self.detail,
-            self.device,
-            self.epoch,
-            self.seq,
-            self.msg_id,
-            self.payload,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ReadingsItem:
-    topic: str
-    received_at: float
-    late: bool  # came on the backfill topic
-    batch: ReadingBatch
-    accepted: tuple[Reading, ...]
-    dead: tuple[DeadLetter, ...]  # rejected readings (each with its seq when it had one)
-
-
-@dataclass(frozen=True, slots=True)
 class StatusItem:
     topic: str
     received_at: float
@@ -118,6 +79,7 @@ class StatusItem:
 
 
 Item = ReadingsItem | StatusItem | DeadLetter
+__all__ = ["DeadLetter", "Inbound", "Item", "Pipeline", "PipelineSettings", "ReadingsItem", "StatusItem"]
 
 
 def decode_inbound(msg: Inbound, *, max_future: float = DEFAULT_MAX_FUTURE) -> Item:
@@ -126,11 +88,16 @@ def decode_inbound(msg: Inbound, *, max_future: float = DEFAULT_MAX_FUTURE) -> I
     >>> item = decode_inbound(Inbound("edgewatch/v1/pi-1/telemetry", b"{oops", 1.7e9))
     >>> (item.reason, item.device)
     ('malformed_json', 'pi-1')
+    >>> decode_inbound(Inbound("edgewatch/v1/viewer/telemetry", b"{}", 1.7e9)).reason
+    'reserved_device'
     """
     try:
         device, kind = wire.parse_topic(msg.topic)
     except TopicError as exc:
-        return DeadLetter(msg.received_at, msg.topic, "bad_topic", str(exc)[:200], msg.payload)
+        # A role's username as a device (`viewer`, `aggregator`) is refused as loudly as a bad
+        # topic, under its own reason: it means a broker ACL lets a role publish as a device.
+        reason = "reserved_device" if isinstance(exc.__cause__, ReservedDeviceId) else "bad_topic"
+        return DeadLetter(msg.received_at, msg.topic, reason, str(exc)[:200], msg.payload)
     if kind in (wire.TELEMETRY, wire.BACKFILL):
         return _decode_readings(msg, device, kind == wire.BACKFILL, max_future)
     if kind == wire.STATUS:
@@ -333,24 +300,21 @@ class BatchReport:
 
 @dataclass(slots=True)
 class _Batch:
-    """Per-transaction accumulators: per-source and per-device deltas are written once a batch."""
+    """Per-transaction accumulators: readings messages and dead letters are written once a batch."""
 
     now: float
     report: BatchReport = field(default_factory=BatchReport)
     acks: list[tuple[str, str, list[int]]] = field(default_factory=list)
-    sources: dict[int, list[float]] = field(default_factory=dict)  # [stored, rejected, lo, hi, seen]
-    devices: dict[str, list[float]] = field(default_factory=dict)  # [seen_at, messages, readings]
-    messages: list[tuple[object, ...]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
-    rows: list[ReadingRow] = field(default_factory=list)  # every reading of the batch, in order
-    pending: list[tuple[ReadingsItem, int, int, int, int]] = field(default_factory=list)
-    """(item, source_id, message_id, first row, rows) per readings message, for `_settle`."""
+    readings: list[ReadingsItem] = field(default_factory=list)
+    last_message: int = 0  # the highest message id this batch processed
+    collect: list[AlertEvent] | None = None  # set by detect_history: transitions go here, unwritten
 
 
 class _Stream:
     """One series' detector and its two episode trackers (live and late)."""
 
-    __slots__ = ("detector", "dirty", "last", "late", "live", "process", "series_id")
+    __slots__ = ("detector", "dirty", "last", "late", "live", "process", "series_id", "watermark")
 
     def __init__(
         self, series_id: int, detector: StreamDetector, live: EpisodeTracker, late: EpisodeTracker
@@ -362,6 +326,7 @@ class _Stream:
         self.late = late
         self.last: Verdict | None = None  # the latest live verdict: late alerts borrow its range
         self.dirty = True
+        self.watermark = 0  # the last message whose readings this stream processed
 
     def checkpoint(self, detector_name: str) -> StreamCheckpoint:
         last = self.last
@@ -377,13 +342,22 @@ class _Stream:
             if last
             else None,
         }
-        return StreamCheckpoint(self.series_id, detector_name, self.detector.to_bytes(), json.dumps(tracker))
+        return StreamCheckpoint(
+            self.series_id,
+            detector_name,
+            detector_to_bytes(self.detector),
+            json.dumps(tracker),
+            self.watermark,
+        )
 
 
 class Pipeline:
     """The aggregator's core over one Store. Not thread-safe: one batch at a time."""
 
-    def __init__(self, store: Store, settings: PipelineSettings | None = None, *, now: float) -> None:
+    def __init__(
+        self, store: Store, settings: PipelineSettings | None = None, *, now: float, recover: bool = True
+    ) -> None:
+        """`recover=False` starts every stream fresh and touches nothing in the store (replay)."""
         self.settings = settings = settings or PipelineSettings()
         make_detector(settings.detector)  # fail fast on an unknown name
         self.store = store
@@ -392,9 +366,13 @@ class Pipeline:
         self._streams: dict[int, _Stream] = {}
         self._status_ts: dict[str, float] = {}
         self.replayed = 0
+        self._watermark = 0  # the last message id processed: the checkpoint's watermark
         self._needs_recovery = True
         self._recovered: BatchReport | None = None  # alert messages a replay made, to publish
-        self.recover(now)
+        if recover:
+            self.recover(now)
+        else:
+            self._needs_recovery = False
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -407,47 +385,44 @@ class Pipeline:
         store, settings = self.store, self.settings
         watermark, checkpoints = store.load_checkpoint()
         self._streams = {}
+        rejected: list[tuple[StreamCheckpoint, str]] = []
         for cp in checkpoints:
-            if cp.detector == settings.detector:
-                detector = detector_from_bytes(cp.blob)
-            else:
-                log.warning("series %d: detector changed from %s, starting fresh", cp.series_id, cp.detector)
-                detector = make_detector(settings.detector)
-            state = json.loads(cp.tracker)
-            stream = _Stream(
-                cp.series_id,
-                detector,
-                EpisodeTracker.from_state(state["live"], settings.episodes),
-                EpisodeTracker.from_state(state["late"], settings.episodes),
-            )
-            if state.get("last"):
-                stream.last = Verdict(**state["last"])
-            stream.dirty = False
+            try:
+                stream = self._restore(cp)
+            except CheckpointError as exc:
+                rejected.append((cp, str(exc)))
+                continue
             self._streams[cp.series_id] = stream
+        if rejected:
+            # Each such stream starts fresh (a warm-up); the others resume where they were.
+            with store.transaction():
+                for cp, reason in rejected:
+                    store.reject_checkpoint(cp, reason, now)
+            for cp, reason in rejected:
+                info = store.series_info(cp.series_id)
+                log.warning(
+                    "series %s/%s/%s: checkpoint not restored (%s); the stream starts fresh, "
+                    "the checkpoint is kept in rejected_checkpoints",
+                    info.device,
+                    info.sensor,
+                    info.metric,
+                    reason,
+                )
         self._status_ts = store.status_times()
         self.silence = SilenceWatch(settings.silence)
         silent = {a.device: a.start for a in store.list_alerts(kind="silent", state="open", limit=1 << 30)}
-        for device, _last_seen, online, event in store.presence():
+        for p in store.presence():
+            device = p.device
             if device in silent:
                 self.silence.restore(device, Presence.SILENT, now, since=silent[device])
-            elif not online and event == StatusEvent.SHUTDOWN:
+            elif not p.online and p.status_event == StatusEvent.SHUTDOWN:
                 self.silence.restore(device, Presence.STOPPED, now)
             else:  # a grace period from the restart: we could not hear anyone while down
                 self.silence.restore(device, Presence.ONLINE, now)
         batch = _Batch(now)
-        replayed = 0
         with store.transaction():
-            chunk: list[ReadingRow] = []
-            chunk_msg = ""
-            for row in store.readings_after(watermark):
-                if row.msg_id != chunk_msg and chunk:
-                    self._detect(chunk, chunk_msg, batch)
-                    chunk = []
-                chunk_msg = row.msg_id
-                chunk.append((0, 0, row.series_id, row.ts, row.value, 0, int(row.late)))
-                replayed += 1
-            if chunk:
-                self._detect(chunk, chunk_msg, batch)
+            replayed, last = self._feed(store.readings_after(watermark), batch)
+        self._watermark = max(watermark, last)
         if replayed:
             log.info(
                 "replayed %d readings past checkpoint watermark %d (%d alert transitions were new)",
@@ -461,6 +436,59 @@ class Pipeline:
         if batch.report.publications:
             self._recovered = batch.report
         return replayed
+
+    def _feed(self, history: Iterable[ReplayRow], batch: _Batch) -> tuple[int, int]:
+        """Stored readings, in the order they were first processed, through `_detect` exactly as
+        they went the first time (one call per message; late ones scored, not learned).
+        Returns (readings fed, the last message id)."""
+        fed = 0
+        chunk: list[tuple[int, float, float]] = []
+        message, late, msg_id = 0, False, ""
+        for row in history:
+            if row.message_id != message and chunk:
+                self._detect(chunk, late, msg_id, message, batch)
+                chunk = []
+            message, late, msg_id = row.message_id, row.late, row.msg_id
+            chunk.append((row.series_id, row.ts, row.value))
+            fed += 1
+        if chunk:
+            self._detect(chunk, late, msg_id, message, batch)
+        return fed, message
+
+    def detect_history(self, history: Iterable[ReplayRow], now: float) -> tuple[int, list[AlertEvent]]:
+        """Replay: (readings fed, the alert transitions they make), nothing written anywhere.
+
+        The same code the aggregator runs on arrival and on recovery, so the same readings in
+        the same order give the same episodes with the same ids (a replay never doubles one).
+        """
+        batch = _Batch(now, collect=[])
+        fed, _ = self._feed(history, batch)
+        assert batch.collect is not None
+        return fed, batch.collect
+
+    def _restore(self, cp: StreamCheckpoint) -> _Stream:
+        """One stream from its checkpoint; CheckpointError if any part of it cannot be read."""
+        settings = self.settings
+        if cp.detector == settings.detector:
+            detector = detector_from_bytes(cp.blob)
+        else:
+            log.warning("series %d: detector changed from %s, starting fresh", cp.series_id, cp.detector)
+            detector = make_detector(settings.detector)
+        try:
+            state = json.loads(cp.tracker)
+            stream = _Stream(
+                cp.series_id,
+                detector,
+                EpisodeTracker.from_state(state["live"], settings.episodes),
+                EpisodeTracker.from_state(state["late"], settings.episodes),
+            )
+            if state.get("last"):
+                stream.last = Verdict(**state["last"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"unreadable episode state: {type(exc).__name__}: {exc}") from exc
+        stream.dirty = False
+        stream.watermark = cp.watermark
+        return stream
 
     # -- ingest ---------------------------------------------------------------------------------
 
@@ -498,9 +526,10 @@ class Pipeline:
                         self._status(item, batch)
                     else:
                         self._dead_letter(item, batch)
-                if batch.pending:
+                if batch.readings:
                     self._settle(batch)
-                self._flush(batch)
+                if batch.dead:
+                    self.store.insert_dead_letters(batch.dead)
         except StoreError:
             # Detectors may have learned readings that were rolled back: rebuild from the store.
             # Nothing was confirmed, so the agents resend and the batch is processed again.
@@ -508,6 +537,7 @@ class Pipeline:
             raise
         for device, epoch, seqs in batch.acks:  # committed: now, and only now, confirmable
             self.acks.add(device, epoch, seqs)
+        self._watermark = max(self._watermark, batch.last_message)
         if self._recovered is not None:
             batch.report.publications[:0] = self._recovered.publications
             self._recovered = None
@@ -524,35 +554,15 @@ class Pipeline:
             item.detail[:120],
         )
 
-    def _flush(self, batch: _Batch) -> None:
-        store = self.store
-        if batch.dead:
-            store.insert_dead_letters([d.row() for d in batch.dead])
-        if batch.messages:
-            store.insert_messages(batch.messages)
-        if batch.sources:
-            store.update_sources(
-                [(int(v[0]), int(v[1]), int(v[2]), int(v[3]), v[4], sid) for sid, v in batch.sources.items()]
-            )
-        if batch.devices:
-            store.touch_devices([(d, v[0], int(v[1]), int(v[2])) for d, v in batch.devices.items()])
-
     def _readings(self, item: ReadingsItem, batch: _Batch) -> None:
-        """First pass over a readings message: its rows join the batch's one insert, its dead
-        letters and confirmable seqs are recorded; what it stored is settled in `_settle`."""
-        store, report = self.store, batch.report
+        """First pass over a readings message: it joins the batch's one write, its dead letters
+        and confirmable seqs are counted; what it stored is settled in `_settle`."""
+        report = batch.report
         msg = item.batch
-        device, epoch, received_at = msg.device, msg.epoch, item.received_at
-        src = store.source_id(device, epoch, received_at)
-        mid = store.next_message_id()
-        rows = batch.rows
-        start = len(rows)
-        rows.extend(store.reading_rows(src, device, item.accepted, mid, int(item.late)))
-        batch.pending.append((item, src, mid, start, len(rows) - start))
+        device, epoch = msg.device, msg.epoch
+        batch.readings.append(item)
         seqs = [r.seq for r in item.accepted]
-        rejected = 0
         if item.dead:
-            rejected = store.insert_dead_letters([d.row() for d in item.dead])
             for d in item.dead:
                 report.count_dead(d.reason)
                 if d.seq is not None:
@@ -567,88 +577,41 @@ class Pipeline:
             )
         if seqs:
             batch.acks.append((device, epoch, seqs))
-            lo, hi = min(seqs), max(seqs)
-            acc = batch.sources.get(src)
-            if acc is None:
-                batch.sources[src] = [0, rejected, lo, hi, received_at]
-            else:
-                acc[1] += rejected
-                acc[2] = min(acc[2], lo)
-                acc[3] = max(acc[3], hi)
-                acc[4] = max(acc[4], received_at)
-        dev = batch.devices.get(device)
-        if dev is None:
-            batch.devices[device] = [received_at, 1, 0]
-        else:
-            dev[0] = max(dev[0], received_at)
-            dev[1] += 1
-        transition = self.silence.seen(device, received_at)
+        transition = self.silence.seen(device, item.received_at)
         if transition is not None:
             self._silence(transition, batch)
 
     def _settle(self, batch: _Batch) -> None:
-        """Insert every reading of the batch at once, then per message in arrival order: count
-        what was new, record the message, and let the detectors see the new readings only."""
-        rows, report = batch.rows, batch.report
-        inserted_all, next_id = self.store.insert_readings(rows) if rows else (0, 0)
-        # The common case: everything was new. Otherwise (a resend) ask which keys this batch
-        # stored; the first occurrence of a key in arrival order is the one that was stored.
-        new: set[tuple[int, int]] | None = None
-        if inserted_all < len(rows):
-            new = self.store.reading_keys_since(next_id) if inserted_all else set()
-        for item, src, mid, start, count in batch.pending:
+        """Write every readings message of the batch at once; then per message in arrival order
+        count what was new and let the detectors see the new readings only."""
+        report = batch.report
+        for stored in self.store.store_messages(batch.readings):
+            item = stored.item
             msg = item.batch
-            mine = rows[start : start + count]
-            if new is not None:
-                fresh: list[ReadingRow] = []
-                for row in mine:
-                    key = (row[0], row[1])
-                    if key in new:
-                        new.discard(key)
-                        fresh.append(row)
-                mine = fresh
-            inserted = len(mine)
-            first_id, next_id = next_id, next_id + inserted
-            if inserted:
-                batch.sources[src][0] += inserted
-                batch.devices[msg.device][2] += inserted
-            duplicates = count - inserted
-            report.stored += inserted
-            report.duplicates += duplicates
-            tss = [row[3] for row in mine]
-            batch.messages.append(
-                (
-                    mid,
-                    msg.msg_id,
-                    msg.device,
-                    msg.epoch,
-                    "backfill" if item.late else "telemetry",
-                    item.received_at,
-                    msg.sent_at,
-                    count + len(item.dead),
-                    inserted,
-                    duplicates,
-                    len(item.dead),
-                    first_id if inserted else None,
-                    first_id + inserted - 1 if inserted else None,
-                    min(tss) if tss else None,
-                    max(tss) if tss else None,
-                )
-            )
+            report.stored += len(stored.new)
+            report.duplicates += stored.duplicates
+            batch.last_message = max(batch.last_message, stored.message_id)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "msg_id=%s %s/%s: %d stored, %d duplicate, %d rejected",
                     msg.msg_id,
                     msg.device,
                     msg.epoch,
-                    inserted,
-                    duplicates,
+                    len(stored.new),
+                    stored.duplicates,
                     len(item.dead),
                 )
-            if mine:
-                self._detect(mine, msg.msg_id, batch)
+            if stored.new:
+                self._detect(stored.new, item.late, msg.msg_id, stored.message_id, batch)
 
-    def _detect(self, rows: Sequence[ReadingRow], msg_id: str, batch: _Batch) -> None:
+    def _detect(
+        self,
+        rows: Sequence[tuple[int, float, float]],
+        late: bool,
+        msg_id: str,
+        message_id: int,
+        batch: _Batch,
+    ) -> None:
         """Score (and, if live, learn) newly stored readings of one message; feed episode trackers.
 
         The hottest loop of the aggregator: locals only, and the tracker is consulted only for an
@@ -658,11 +621,12 @@ class Pipeline:
         new_stream = self._new_stream
         threshold = self.settings.late_threshold
         normal = Phase.NORMAL
-        for _src, _seq, series_id, ts, value, _mid, late in rows:
+        for series_id, ts, value in rows:
             stream = streams.get(series_id)
             if stream is None:
                 stream = new_stream(series_id)
             stream.dirty = True
+            stream.watermark = message_id
             if late:  # score only: the live state must not learn the backlog
                 score = stream.detector.score_one(ts, value)
                 tracker = stream.late
@@ -682,7 +646,7 @@ class Pipeline:
                     continue
             transition = tracker.observe(ts, value, verdict, msg_id=msg_id)
             if transition is not None:
-                self._episode(series_id, transition, bool(late), batch)
+                self._episode(series_id, transition, late, batch)
 
     def _new_stream(self, series_id: int) -> _Stream:
         policy = self.settings.episodes
@@ -766,6 +730,9 @@ class Pipeline:
 
     def _record(self, e: AlertEvent, batch: _Batch) -> None:
         """Store the transition; publish it only if it is new (a replay finds it already there)."""
+        if batch.collect is not None:  # detect_history: hand it back, write nothing
+            batch.collect.append(e)
+            return
         store, report, now = self.store, batch.report, batch.now
         if e.state is AlertState.OPEN:
             fresh = store.insert_alert(
@@ -865,8 +832,7 @@ class Pipeline:
         dirty = [s for s in self._streams.values() if s.dirty]
         name = self.settings.detector
         with self.store.transaction():
-            watermark = self.store.max_reading_id()
-            self.store.save_checkpoint(watermark, [s.checkpoint(name) for s in dirty], now)
+            self.store.save_checkpoint(self._watermark, [s.checkpoint(name) for s in dirty], now)
         for stream in dirty:
             stream.dirty = False
         return len(dirty)

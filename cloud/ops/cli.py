@@ -1,4 +1,4 @@
-"""`edgewatch alerts ...` and `edgewatch devices ...`: the operator's view of the store.
+"""`edgewatch alerts|devices|deadletters ...`: the operator's view of the store.
 
 Thin shells: resolve the database, call one query, hand the records to cloud.ops.views, print a
 table or `--json`. Only typer and the standard library load at import time (edgewatch.app
@@ -24,7 +24,7 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from cloud.store.sqlite.store import Store, StoredReading
+    from cloud.store.api import Store, StoredReading
 
 DB_ENV: Final = "EDGEWATCH_DB"
 BROKER_ENV: Final = "EDGEWATCH_BROKER"
@@ -41,7 +41,15 @@ devices_app = typer.Typer(
     help="The fleet: presence, agent versions, data received and lost, open alerts.",
     no_args_is_help=True,
 )
-SUB_APPS: list[tuple[typer.Typer, str]] = [(alerts_app, "alerts"), (devices_app, "devices")]
+deadletters_app = typer.Typer(
+    help="What the aggregator refused to store, with the reason and the raw payload.",
+    no_args_is_help=True,
+)
+SUB_APPS: list[tuple[typer.Typer, str]] = [
+    (alerts_app, "alerts"),
+    (devices_app, "devices"),
+    (deadletters_app, "deadletters"),
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,24 +72,26 @@ def _errors() -> Iterator[None]:
         raise _fail(str(exc)) from None
 
 
-def _db_path(db: Path | None, config: Path | None) -> Path:
-    """--db, else the aggregator config's db, else $EDGEWATCH_DB, else the aggregator's default."""
+def _db_path(db: str | None, config: Path | None) -> str:
+    """--db, else the aggregator config's db, else $EDGEWATCH_DB, else the aggregator's default.
+
+    A SQLite path or a postgresql:// URL (a str: a Path would fold the URL's `//`).
+    """
     if db is not None:
         return db
     if config is not None:
         from cloud.service.config import load_config
 
-        return Path(load_config(config).db)
-    env = os.environ.get(DB_ENV)
-    return Path(env) if env else Path(DEFAULT_DB)
+        return load_config(config).db
+    return os.environ.get(DB_ENV) or DEFAULT_DB
 
 
 @contextmanager
-def _store(db: Path | None, config: Path | None, *, write: bool = False) -> Iterator[Store]:
-    from cloud.store.sqlite.queries import open_store
+def _store(db: str | None, config: Path | None, *, write: bool = False) -> Iterator[Store]:
+    from cloud.store.api import open_store
 
     with _errors():
-        store = open_store(_db_path(db, config), write=write)
+        store = open_store(_db_path(db, config), readonly=not write)
         try:
             yield store
         finally:
@@ -121,33 +131,33 @@ def _duration(value: str, name: str) -> float:
         raise typer.BadParameter(str(exc), param_hint=name) from None
 
 
-def _complete(sql: str) -> Callable[[typer.Context, str], list[str]]:
+def _complete(query: Callable[[Store, str], list[str]]) -> Callable[[typer.Context, str], list[str]]:
     """Shell completion from the store named on the command line so far; silent on any error."""
 
     def complete(ctx: typer.Context, incomplete: str) -> list[str]:
         try:
-            from cloud.store.sqlite.queries import open_store
+            from cloud.store.api import open_store
 
-            store = open_store(_db_path(ctx.params.get("db"), ctx.params.get("config")))
+            store = open_store(_db_path(ctx.params.get("db"), ctx.params.get("config")), readonly=True)
             try:
-                rows = store.db.execute(sql, [incomplete + "%"]).fetchall()
+                return query(store, incomplete)
             finally:
                 store.close()
         except Exception:  # completion must never print a traceback into the shell
             return []
-        return [str(r[0]) for r in rows]
 
     return complete
 
 
-_complete_alert = _complete("SELECT alert_id FROM alerts WHERE alert_id LIKE ? ORDER BY start DESC LIMIT 50")
-_complete_device = _complete("SELECT device FROM devices WHERE device LIKE ? ORDER BY device LIMIT 200")
+_complete_alert = _complete(lambda store, prefix: store.alert_ids_starting(prefix, 50))
+_complete_device = _complete(lambda store, prefix: store.devices_starting(prefix, 200))
 
 DbOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--db",
-        help=f"The aggregator's SQLite store. Default: --config's db, else ${DB_ENV}, else ./{DEFAULT_DB}.",
+        help="The aggregator's store: a SQLite file or postgresql://user@host/db. "
+        f"Default: --config's db, else ${DB_ENV}, else ./{DEFAULT_DB}.",
         show_default=False,
     ),
 ]
@@ -188,13 +198,11 @@ def alerts_list(
     Example: edgewatch alerts list --since 12h --open --db /var/lib/edgewatch/cloud.db
     """
     from cloud.ops.views import alert_json, alerts_table
-    from cloud.store.sqlite.queries import find_alerts
 
     now = time.time()
     cutoff = _since(since, now)
     with _store(db, config) as store:
-        alerts = find_alerts(
-            store,
+        alerts = store.find_alerts(
             since=cutoff,
             device=device,
             metric=metric,
@@ -333,7 +341,6 @@ def alerts_show(
         plot_text,
         thin,
     )
-    from cloud.store.sqlite.queries import last_reading_ts
 
     pad = _duration(margin, "--margin")
     now = time.time()
@@ -346,7 +353,7 @@ def alerts_show(
         readings: list[StoredReading] = []
         since = until = alert.start
         if alert.metric:
-            last = last_reading_ts(store, alert.device) if alert.end is None else None
+            last = store.last_reading_ts(alert.device) if alert.end is None else None
             since, until = plot_range(alert, pad, last_ts=last)
             readings = store.readings(
                 alert.device,
@@ -437,10 +444,8 @@ def alerts_ack(
 
 
 def _open_alerts(store: Store) -> dict[str, list[Any]]:
-    from cloud.store.sqlite.queries import find_alerts
-
     out: dict[str, list[Any]] = {}
-    for a in find_alerts(store, state="open", limit=1_000_000):
+    for a in store.find_alerts(state="open", limit=1_000_000):
         out.setdefault(a.device, []).append(a)
     return out
 
@@ -492,13 +497,12 @@ def devices_show(
     Example: edgewatch devices show pi-kitchen --window 6h
     """
     from cloud.ops.views import SeriesView, alert_json, device_json, device_panel, iso
-    from cloud.store.sqlite.queries import device_series, last_reading_ts
 
     span = _duration(window, "--window")
     now = time.time()
     with _store(db, config) as store:
         record = store.device(device, max_gaps=max_gaps)
-        until = last_reading_ts(store, device) or record.last_seen or now
+        until = store.last_reading_ts(device) or record.last_seen or now
         since = until - span
         series = [
             SeriesView(
@@ -512,9 +516,10 @@ def devices_show(
                     )
                 ),
             )
-            for s in device_series(store, device)
+            for s in store.device_series(device)
         ]
         opened = _open_alerts(store).get(device, [])
+        dead = store.dead_letter_counts(device)
     firsts = [s.readings[0][0] for s in series if s.readings]
     since = max(since, min(firsts)) if firsts else since  # a young device fills the whole line
     kinds = {a.kind for a in opened}
@@ -523,6 +528,72 @@ def devices_show(
         data["window"] = {"since": since, "since_iso": iso(since), "until": until, "until_iso": iso(until)}
         data["series"] = [s.to_json() for s in series]
         data["alerts"] = [alert_json(a) for a in opened]
+        data["dead_letters"] = dead
         _print_json(data)
     else:
-        _console().print(device_panel(record, series, now, since=since, until=until, open_alerts=opened))
+        _console().print(
+            device_panel(record, series, now, since=since, until=until, open_alerts=opened, dead_letters=dead)
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# dead letters
+
+
+@deadletters_app.command("list")
+def deadletters_list(
+    *,
+    since: Annotated[
+        str | None, typer.Option(help="Only those received since: 30m, 1h, 2d, 1w or an ISO-8601 time.")
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="Only this reason (e.g. malformed_json, future_ts, reserved_device).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Only this device.", autocompletion=_complete_device)
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 100,
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List dead letters newest first: when, why, from which device and topic.
+
+    Example: edgewatch deadletters list --since 1h --reason malformed_json
+    """
+    from cloud.ops.views import dead_letter_json, dead_letters_table
+
+    now = time.time()
+    cutoff = _since(since, now)
+    with _store(db, config) as store:
+        letters = store.dead_letters(reason=reason, device=device, since=cutoff, limit=limit)
+        counts = store.dead_letter_counts(device)
+    if json_out:
+        _print_json([dead_letter_json(d, with_payload=False) for d in letters])
+        return
+    console = _console()
+    console.print(dead_letters_table(letters, now))
+    if counts:
+        console.print("all kept, by reason: " + ", ".join(f"{r} {n}" for r, n in counts.items()))
+
+
+@deadletters_app.command("show")
+def deadletters_show(
+    dead_id: Annotated[int, typer.Argument(metavar="ID", help="The id from `deadletters list`.")],
+    *,
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """One dead letter: reason, topic, time, and the raw payload shown safely (text or hex).
+
+    Example: edgewatch deadletters show 42 --json
+    """
+    from cloud.ops.views import dead_letter_details, dead_letter_json
+
+    with _store(db, config) as store:
+        letter = store.dead_letter(dead_id)
+    if json_out:
+        _print_json(dead_letter_json(letter))
+    else:
+        _console().print(dead_letter_details(letter, time.time()))

@@ -1,8 +1,8 @@
 """A live stream of alerts over MQTT, for `edgewatch alerts follow` and the demo's screen.
 
 It needs only the broker (no database), so it works from a laptop against a remote broker with a
-read-only account. paho's own network thread reconnects with back-off; a bad payload is counted
-and skipped, never fatal.
+read-only account. Its own network thread drives paho and reconnects with the back-off every
+edgewatch client uses (`devices.backoff`); a bad payload is counted and skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices import wire
+from devices.backoff import Backoff
 from devices.broker import BrokerURL
 from devices.errors import WireError
 from devices.model import AlertEvent, AlertState
@@ -44,11 +45,13 @@ class AlertFeed:
             client.username_pw_set(url.username, url.password)
         if url.tls:
             client.tls_set(ca_certs=ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        client.reconnect_delay_set(1, 10)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.client = client
+        self.backoff = Backoff(base_s=0.5, max_s=10.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="alert-feed", daemon=True)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: object, flags: object, rc: object, props: object
@@ -57,6 +60,7 @@ class AlertFeed:
             log.warning("broker refused the connection: %s", rc)
             return
         client.subscribe(self.topic, qos=1)
+        self.backoff.reset()
         self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, *args: object) -> None:
@@ -70,13 +74,30 @@ class AlertFeed:
             log.warning("skipped a bad alert payload on %s: %s", msg.topic, exc)
 
     def start(self) -> AlertFeed:
-        self.client.connect_async(self.url.host, self.url.port, keepalive=30)
-        self.client.loop_start()
+        self._thread.start()
         return self
 
+    def _run(self) -> None:
+        """Connect, serve until the connection drops, wait out the back-off, again; until stop."""
+        client = self.client
+        while not self._stop.is_set():
+            try:
+                client.connect(self.url.host, self.url.port, keepalive=30)
+            except (OSError, ValueError) as exc:  # refused, unreachable, TLS (ssl.SSLError)
+                log.warning("cannot reach the broker %s: %s", self.url.redacted(), exc)
+            else:
+                while not self._stop.is_set():
+                    if client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:
+                        break
+                self.connected.clear()
+            if not self._stop.is_set():
+                self._stop.wait(self.backoff.next_delay())
+        client.disconnect()
+
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def get(self, timeout: float) -> AlertEvent | None:
         try:

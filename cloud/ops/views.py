@@ -8,6 +8,7 @@ fetch records, call one of these, and print. Timestamps are shown in UTC, like
 
 from __future__ import annotations
 
+import base64
 import itertools
 import math
 import re
@@ -22,7 +23,13 @@ from rich.table import Table
 from rich.text import Text
 
 from cloud.ops import png
-from cloud.store.sqlite.store import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
+from cloud.store.api import (
+    AlertRecord,
+    DeadLetterRecord,
+    DeviceRecord,
+    EpochCompleteness,
+    StoredReading,
+)
 
 ALERT_TIME_FIELDS: Final = ("start", "end", "opened_at", "closed_at", "acked_at")
 DEVICE_TIME_FIELDS: Final = ("first_seen", "last_seen", "status_ts")
@@ -615,6 +622,7 @@ def device_panel(
     until: float,
     open_alerts: Sequence[AlertRecord],
     spark_width: int = 48,
+    dead_letters: dict[str, int] | None = None,
 ) -> RenderableType:
     """Everything about one device: summary, metric sparklines, epochs with their gaps, alerts."""
     kinds = {a.kind for a in open_alerts}
@@ -633,6 +641,7 @@ def device_panel(
         ("complete", f"{_pct(completeness(device.epochs))}, {device.missing} missing"),
         ("reported", counters),
         ("open alerts", str(device.open_alerts)),
+        ("dead letters", ", ".join(f"{r} {n}" for r, n in (dead_letters or {}).items()) or "none"),
     ):
         summary.add_row(key, value)
     metrics = Table(title=f"metrics {clock(since)} .. {clock(until)} UTC (its clock)", title_justify="left")
@@ -677,6 +686,106 @@ def device_panel(
     return Group(*parts)
 
 
+# ---------------------------------------------------------------------------------------------
+# dead letters
+
+
+def payload_text(payload: bytes | None, limit: int = 4096) -> str:
+    r"""Raw bytes shown safely: text with control characters escaped, else a hex dump.
+
+    Nothing a sender put in a payload can move the cursor, ring a bell or change colours.
+
+    >>> payload_text(b'{"v": "9.0"}\x1b[2J')
+    '{"v": "9.0"}\\x1b[2J'
+    >>> payload_text(b"\xff\xfe\x00")
+    '00000000  ff fe 00                                          ...'
+    """
+    if payload is None:
+        return "(not kept: a rejected reading is stored without its message)"
+    data = payload[:limit]
+    more = f"\n... {len(payload) - limit} more bytes" if len(payload) > limit else ""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    else:
+        if sum(1 for c in text if not c.isprintable() and c not in "\n\t") <= len(text) // 10:
+            out = "".join(c if c.isprintable() or c in "\n\t" else ascii(c)[1:-1] for c in text)
+            return out + more
+    lines = []
+    for offset in range(0, len(data), 16):
+        chunk = data[offset : offset + 16]
+        hexes = " ".join(f"{b:02x}" for b in chunk)
+        shown = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        lines.append(f"{offset:08x}  {hexes:<48}  {shown}")
+    return "\n".join(lines) + more
+
+
+def dead_letter_json(d: DeadLetterRecord, *, with_payload: bool = True) -> dict[str, Any]:
+    """Every field; the payload as text when it is text, and always as base64 (exact bytes)."""
+    data = _with_iso(
+        {
+            "id": d.id,
+            "received_at": d.received_at,
+            "topic": d.topic,
+            "reason": d.reason,
+            "detail": d.detail,
+            "device": d.device,
+            "epoch": d.epoch,
+            "seq": d.seq,
+            "msg_id": d.msg_id,
+            "payload_bytes": None if d.payload is None else len(d.payload),
+        },
+        ("received_at",),
+    )
+    if with_payload:
+        data["payload_base64"] = None if d.payload is None else base64.b64encode(d.payload).decode()
+        try:
+            data["payload_text"] = None if d.payload is None else d.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            data["payload_text"] = None
+    return data
+
+
+def dead_letters_table(letters: Sequence[DeadLetterRecord], now: float) -> Table:
+    table = Table(title=f"{len(letters)} dead letters (newest first)", title_justify="left")
+    for name, justify in (
+        ("id", "right"),
+        ("received", "left"),
+        ("reason", "left"),
+        ("device", "left"),
+        ("seq", "right"),
+        ("topic", "left"),
+        ("detail", "left"),
+    ):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for d in letters:
+        table.add_row(
+            str(d.id), f"{clock(d.received_at)} ({ago(d.received_at, now)})", Text(d.reason, style="yellow"),
+            d.device or "-", "-" if d.seq is None else str(d.seq), Text(d.topic), Text(d.detail[:80]),
+        )  # fmt: skip
+    return table
+
+
+def dead_letter_details(d: DeadLetterRecord, now: float) -> RenderableType:
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="dim")
+    summary.add_column()
+    for key, value in (
+        ("id", str(d.id)),
+        ("reason", Text(d.reason, style="bold yellow")),
+        ("detail", Text(d.detail)),
+        ("received", f"{clock(d.received_at)} UTC ({ago(d.received_at, now)})"),
+        ("topic", Text(d.topic)),
+        ("device", d.device or "-"),
+        ("epoch / seq", f"{d.epoch or '-'} / {'-' if d.seq is None else d.seq}"),
+        ("msg_id", d.msg_id or "-"),
+        ("payload", f"{len(d.payload)} bytes" if d.payload is not None else "-"),
+    ):
+        summary.add_row(key, value)
+    return Group(summary, Text(payload_text(d.payload)))
+
+
 __all__ = [
     "AlertPlot",
     "SeriesView",
@@ -687,6 +796,9 @@ __all__ = [
     "alerts_table",
     "clock",
     "completeness",
+    "dead_letter_details",
+    "dead_letter_json",
+    "dead_letters_table",
     "device_json",
     "device_panel",
     "device_status",
@@ -695,6 +807,7 @@ __all__ = [
     "iso",
     "parse_duration",
     "parse_since",
+    "payload_text",
     "plot_png",
     "plot_range",
     "plot_text",

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import logging
-import os
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,12 +30,13 @@ import aiomqtt
 
 from cloud.alerts.episodes import EpisodePolicy, SilencePolicy
 from cloud.detect.native import compiled
-from cloud.errors import CloudError, ConfigError, StoreError
+from cloud.errors import CloudError, ConfigError, StoreError, StoreFull
 from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings, Publication
 from cloud.service.config import AggregatorConfig
 from cloud.service.metrics import Metrics
-from cloud.store.sqlite.store import Store
+from cloud.store.api import Store, open_store, redacted
 from devices import wire
+from devices.backoff import Backoff
 from devices.model import Ack
 
 log = logging.getLogger("edgewatch.cloud.service.aggregator")
@@ -63,11 +61,6 @@ def settings_from(config: AggregatorConfig) -> PipelineSettings:
     )
 
 
-def backoff(attempt: int, base: float, cap: int) -> float:
-    """Jittered exponential backoff: uniform(0, base ** min(cap, attempt))."""
-    return random.uniform(0, base ** min(cap, attempt))
-
-
 class Aggregator:
     """One aggregator process: owns the store, the pipeline, the worker thread and the client."""
 
@@ -82,7 +75,6 @@ class Aggregator:
         self.metrics = metrics or Metrics()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgewatch-store")
         self._store: Store | None = None
-        self._lock_fd: int | None = None
         self._pipeline: Pipeline | None = None
         self._inbox: list[Inbound] = []
         inbox = self._inbox
@@ -91,6 +83,8 @@ class Aggregator:
         self._publish_ready = asyncio.Event()
         self._publications: list[Publication] = []
         self._stopping = False
+        self._failing_since: float | None = None  # monotonic time the store began refusing writes
+        self._refused = 0  # messages not written since then
         self._lock = asyncio.Lock()  # one pipeline call at a time, whichever thread runs it
         self.connected = asyncio.Event()  # set while subscribed (tests wait on it)
 
@@ -122,8 +116,10 @@ class Aggregator:
 
     async def open(self) -> None:
         """Open (or create and migrate) the store and recover detector state; StoreError if not."""
-        self._store = await self._call_slow(Store, self.config.db, synchronous=self.config.synchronous)
-        self._lock_fd = _exclusive(Path(f"{self.config.db}.aggregator.lock"))
+        self._store = await self._call_slow(
+            open_store, self.config.db, readonly=False, create=True, synchronous=self.config.synchronous
+        )
+        self._store.acquire_ownership()  # one aggregator per store (closed again by close())
         self._pipeline = await self._call_slow(
             Pipeline, self._store, settings_from(self.config), now=time.time()
         )
@@ -137,9 +133,6 @@ class Aggregator:
         if self._store is not None:
             await self._call_slow(self._store.close)
             self._store = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
         self._worker.shutdown(wait=True)
 
     # -- the connection loop ----------------------------------------------------------------------
@@ -147,19 +140,18 @@ class Aggregator:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, serve, reconnect with backoff, until `stop` is set; then stop cleanly."""
         config = self.config
-        attempt = 0
+        retry = Backoff(config.reconnect_base, config.reconnect_cap)
         while not stop.is_set():
             try:
                 await self._connect_and_serve(stop)
             except aiomqtt.MqttError as exc:
                 if self.connected.is_set():  # it had connected: back off from the start again
-                    attempt = 0
+                    retry.reset()
                 self.connected.clear()
                 self.metrics.connected.set(0)
                 if stop.is_set():
                     break
-                delay = backoff(attempt, config.reconnect_base, config.reconnect_cap)
-                attempt += 1
+                delay = retry.next_delay()
                 self.metrics.reconnects.inc()
                 log.warning("broker %s: %s; retrying in %.1fs", self.url.redacted(), exc, delay)
                 with contextlib.suppress(TimeoutError):
@@ -190,13 +182,17 @@ class Aggregator:
             await _cancel([serving, stopping])
 
     async def _serve(self, stop: asyncio.Event) -> None:
-        async with self._client() as client:
-            client.pending_calls_threshold = 1 << 30  # we publish many acks at once
-            await client.subscribe(SUBSCRIPTIONS)
-            log.info("connected to %s as %s", self.url.redacted(), self.config.client_id)
-            self.metrics.connected.set(1)
-            self.connected.set()
-            await self._session(client, stop)
+        client = self._client()
+        try:
+            async with client:
+                client.pending_calls_threshold = 1 << 30  # we publish many acks at once
+                await client.subscribe(SUBSCRIPTIONS)
+                log.info("connected to %s as %s", self.url.redacted(), self.config.client_id)
+                self.metrics.connected.set(1)
+                self.connected.set()
+                await self._session(client, stop)
+        finally:
+            _retrieve_disconnect(client)
 
     def _client(self) -> aiomqtt.Client:
         url, config = self.url, self.config
@@ -313,11 +309,32 @@ class Aggregator:
         try:
             report = await self._call(self.pipeline.ingest, batch, time.time())
         except StoreError as exc:
-            # Rolled back and nothing confirmed: the agents resend. Do not spin on a full disk.
+            # Rolled back and nothing confirmed: the agents keep their readings and resend them.
             self.metrics.store_errors.inc()
-            log.error("store error, %d messages not written (agents will resend): %s", len(batch), exc)
-            await asyncio.sleep(1.0)
+            self.metrics.store_writable.set(0)
+            self._refused += len(batch)
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                why = "the disk under it is full" if isinstance(exc, StoreFull) else "it cannot be written"
+                log.error(
+                    "store %s: %s; confirming nothing until it can write again (agents keep and "
+                    "resend their readings): %s",
+                    redacted(self.config.db),
+                    why,
+                    exc,
+                )
+            await asyncio.sleep(1.0)  # do not spin on a full disk
             return
+        if self._failing_since is not None:
+            log.warning(
+                "store %s writable again after %.0f s; %d messages were not written meanwhile "
+                "(their agents resend them)",
+                redacted(self.config.db),
+                time.monotonic() - self._failing_since,
+                self._refused,
+            )
+            self._failing_since, self._refused = None, 0
+            self.metrics.store_writable.set(1)
         self.metrics.observe(report, time.time())
         if report.publications:
             self._publications.extend(report.publications)
@@ -392,7 +409,8 @@ class Aggregator:
                     next_prune = time.monotonic() + RETENTION_EVERY
             except StoreError as exc:
                 self.metrics.store_errors.inc()
-                log.error("periodic work failed: %s", exc)
+                if self._failing_since is None or not isinstance(exc, StoreFull):
+                    log.error("periodic work failed: %s", exc)  # a full disk was already reported
 
 
 def _batch_end(inbox: Sequence[Inbound], max_messages: int, max_bytes: int) -> int:
@@ -414,20 +432,14 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def _exclusive(path: Path) -> int:
-    """Hold an exclusive flock on `path`: one aggregator per database (ids are allocated in memory)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StoreError(f"cannot create lock file {path}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise StoreError(
-            f"another aggregator is already running on this database ({path} is locked)"
-        ) from exc
-    return fd
+def _retrieve_disconnect(client: aiomqtt.Client) -> None:
+    """Mark aiomqtt's disconnect future as seen. After an unexpected disconnection (the broker
+    went away) its `__aexit__` returns without reading that future's exception, and asyncio
+    later logs "Future exception was never retrieved" as an ERROR: the disconnect itself was
+    already handled here (reconnect with back-off, or stop)."""
+    future = getattr(client, "_disconnected", None)
+    if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+        future.exception()
 
 
 def _requeue(pipeline: Pipeline, acks: Sequence[Ack]) -> None:

@@ -30,7 +30,10 @@ def run_cmd(
         str | None,
         typer.Option(help="mqtt://user:pass@host:port or mqtts://... (default mqtt://127.0.0.1:1883)"),
     ] = None,
-    db: Annotated[Path | None, typer.Option(help="SQLite file, created if missing.")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(help="SQLite file (created if missing) or postgresql://user@host/db (migrated)."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="TOML file with an aggregator table (see cloud/service/config.py).")
     ] = None,
@@ -58,7 +61,7 @@ def run_cmd(
         settings = load_config(
             config,
             broker=broker,
-            db=str(db) if db is not None else None,
+            db=db,
             metrics_port=metrics_port,
             detector=detector,
             ca_file=str(ca_file) if ca_file is not None else None,

@@ -60,9 +60,11 @@ class AggregatorConfig:
     max_future: float = 86_400.0  # readings stamped further ahead of arrival are dead-lettered
     retention_days: float = 0.0  # 0 keeps everything
     synchronous: str = "NORMAL"  # SQLite: NORMAL survives a killed process; FULL also power loss
-    # Reconnect: sleep uniform(0, base ** min(cap, attempt)) seconds.
-    reconnect_base: float = 2.0
-    reconnect_cap: int = 6
+    # Reconnect with full jitter (devices.backoff): the n-th retry waits uniform(0, min(cap,
+    # base * 2**n)) seconds. The aggregator is one client, not a herd: a low cap brings it back
+    # within seconds of the broker, and with it every agent's confirmations.
+    reconnect_base: float = 0.5
+    reconnect_cap: float = 5.0
 
     def broker_url(self) -> BrokerURL:
         try:
@@ -87,9 +89,10 @@ _POSITIVE = (
     "silent_after",
     "max_future",
     "reconnect_base",
+    "reconnect_cap",
     "keepalive",
 )
-_NON_NEGATIVE = ("batch_linger", "close_after_seconds", "retention_days", "silent_factor", "reconnect_cap")
+_NON_NEGATIVE = ("batch_linger", "close_after_seconds", "retention_days", "silent_factor")
 
 
 def validate(config: AggregatorConfig) -> AggregatorConfig:

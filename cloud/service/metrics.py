@@ -11,6 +11,7 @@ edgewatch_inbox_messages                   received, not yet written
 edgewatch_inbox_shed_total                 dropped unconfirmed, inbox full (agents resend them)
 edgewatch_acks_published_total             confirmations published
 edgewatch_store_errors_total               batches rolled back by a store error
+edgewatch_store_writable                   0 while the store refuses writes (e.g. its disk is full)
 edgewatch_broker_connected                 1 while connected
 edgewatch_broker_reconnects_total          connection attempts after the first
 """
@@ -58,6 +59,10 @@ class Metrics:
         self.store_errors = Counter(
             "edgewatch_store_errors", "Batches rolled back by a store error.", registry=r
         )
+        self.store_writable = Gauge(
+            "edgewatch_store_writable", "0 while the store refuses writes (e.g. a full disk).", registry=r
+        )
+        self.store_writable.set(1)
         self.connected = Gauge("edgewatch_broker_connected", "1 while connected to the broker.", registry=r)
         self.reconnects = Counter(
             "edgewatch_broker_reconnects", "Connection attempts after the first.", registry=r

@@ -1,0 +1,1031 @@
+"""The aggregator's PostgreSQL store (psycopg 3): the same interface as the SQLite one.
+
+Schema and migrations are the versioned files in sql/ (0001_initial.sql, ...), applied in order
+in one transaction each; the version is the row in `edgewatch_schema`. The layout is the
+SQLite store's with database-made ids everywhere: sources and series from identity columns,
+message ids from a sequence (one round trip a batch), and readings partitioned by day of ts,
+keyed by (source_id, seq, ts) (see 0001_initial.sql for why ts is in the key).
+
+The hot path, one transaction per batch: COPY the batch's readings into a temporary staging
+table, then one `INSERT ... SELECT ... ORDER BY message_id, pos ON CONFLICT DO NOTHING` that
+returns how many were new; when that is fewer than the batch, one more query names the staged
+rows that were not stored (a duplicate within the batch loses to its first occurrence, as in
+SQLite). Retention drops whole day partitions older than the cut.
+Ownership is a session advisory lock: one aggregator writes a store at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import fields
+from importlib import resources
+from typing import Any, Final, ParamSpec, Self, TypeVar
+
+import psycopg
+from psycopg import sql as pgsql
+
+from cloud.errors import NotFound, SchemaTooNew, StoreError, StoreFull
+from cloud.store.api import (
+    MAX_DEAD_PAYLOAD,
+    REPLAY_SET,
+    STATUS_COUNTERS,
+    AlertRecord,
+    DeadLetter,
+    DeadLetterRecord,
+    DeviceRecord,
+    EpochCompleteness,
+    MessageRecord,
+    MessageTotals,
+    Presence,
+    ReadingsItem,
+    ReplayedAlert,
+    ReplayRow,
+    SeriesInfo,
+    StoredMessage,
+    StoredReading,
+    StreamCheckpoint,
+    redacted,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DAY: Final = 86_400.0
+OWNER: Final = "aggregator"
+LOCK_KEY: Final = "edgewatch:aggregator"
+_ALERT_COLUMNS: Final = tuple(f.name for f in fields(AlertRecord))
+_ALERT_SELECT: Final = "SELECT " + ", ".join(f'"{c}"' for c in _ALERT_COLUMNS) + " FROM alerts"  # noqa: S608
+_ALERT_INSERT: Final = (
+    "INSERT INTO alerts ("  # noqa: S608 - column names from the dataclass
+    + ", ".join(f'"{c}"' for c in _ALERT_COLUMNS)
+    + ") VALUES ("
+    + ", ".join(["%s"] * len(_ALERT_COLUMNS))
+    + ") ON CONFLICT (alert_id) DO NOTHING"
+)
+_MESSAGE_SELECT: Final = "SELECT " + ", ".join(f.name for f in fields(MessageRecord)) + " FROM messages"  # noqa: S608
+_REPLAYED_SELECT: Final = (
+    "SELECT " + ", ".join(f'"{f.name}"' for f in fields(ReplayedAlert)) + f" FROM {REPLAY_SET}"  # noqa: S608
+)
+_STAGING: Final = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS staging (pos integer, source_id bigint, seq bigint, "
+    "ts double precision, series_id integer, value double precision, message_id bigint, late boolean) "
+    "ON COMMIT DELETE ROWS"
+)
+_STAGING_TYPES: Final = ("int4", "int8", "int8", "float8", "int4", "float8", "int8", "bool")
+
+
+def migrations() -> list[tuple[int, str]]:
+    """(version, SQL) of every file in sql/, in order: 0001_initial.sql is version 1."""
+    files = sorted(
+        (
+            f
+            for f in resources.files("cloud.store.postgres").joinpath("sql").iterdir()
+            if f.name.endswith(".sql")
+        ),
+        key=lambda f: f.name,
+    )
+    out = [(int(f.name.split("_", 1)[0]), f.read_text()) for f in files]
+    if [v for v, _ in out] != list(range(1, len(out) + 1)):
+        raise StoreError(f"PostgreSQL migrations are not numbered 1..n: {[f.name for f in files]}")
+    return out
+
+
+SCHEMA_VERSION: Final = len(migrations())
+
+
+def _translated(fn: Callable[P, T]) -> Callable[P, T]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except psycopg.Error as exc:
+            raise StoreError(f"{fn.__name__} failed: {exc}") from exc
+
+    return wrapper
+
+
+def _day(ts: float) -> int:
+    return math.floor(ts / DAY)
+
+
+class PostgresStore:
+    """One database. Write methods run inside `transaction()`; queries may run anytime.
+
+    Not thread-safe, like the SQLite store: one connection, driven by one thread at a time.
+    """
+
+    def __init__(self, url: str, *, create: bool = True, readonly: bool = False) -> None:
+        self.url = url
+        self.path = redacted(url)  # named in messages, as the SQLite store names its file
+        try:
+            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to {self.path}: {exc}") from exc
+        try:
+            version = self._version()
+            if version is None and self._scalar(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+            ):
+                raise StoreError(f"{self.path} is a database but not an edgewatch store")
+            if version is not None and version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"{self.path} has schema version {version}; this edgewatch knows up to {SCHEMA_VERSION}"
+                )
+            if readonly or not create:
+                if version is None:
+                    raise StoreError(f"{self.path} is not an edgewatch store (no schema)")
+                if version < SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} has schema version {version}, older than {SCHEMA_VERSION}: "
+                        "run the aggregator once on it to upgrade it"
+                    )
+            else:
+                self._migrate(version or 0)
+            if readonly:
+                self._conn.execute("SET default_transaction_read_only = on")
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise StoreError(f"cannot initialise database {self.path}: {exc}") from exc
+        except StoreError:
+            self._conn.close()
+            raise
+        self._owned = False
+        self._in_transaction = False
+        self._staging_ready = False
+        self._partitions: set[int] = set()
+        self._sources: dict[tuple[str, str], int] = {}
+        self._series: dict[tuple[str, str, str], int] = {}
+        self._series_info: dict[int, SeriesInfo] = {}
+        self._load_ids()
+
+    def _version(self) -> int | None:
+        exists = self._scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'edgewatch_schema'")
+        if not exists:
+            return None
+        return self._scalar("SELECT version FROM edgewatch_schema")
+
+    def _migrate(self, version: int) -> None:
+        for target, script in migrations()[version:]:
+            with self._conn.transaction():
+                if target == 1:
+                    self._conn.execute("CREATE TABLE edgewatch_schema (version integer NOT NULL)")
+                    self._conn.execute("INSERT INTO edgewatch_schema VALUES (0)")
+                self._conn.execute(script.encode())
+                self._conn.execute("UPDATE edgewatch_schema SET version = %s", (target,))
+
+    def _load_ids(self) -> None:
+        cur = self._conn.execute("SELECT id, device, epoch FROM sources")
+        self._sources = {(d, e): int(i) for i, d, e in cur}
+        self._series, self._series_info = {}, {}
+        for i, d, s, m, u in self._conn.execute("SELECT id, device, sensor, metric, unit FROM series"):
+            self._series[(d, s, m)] = int(i)
+            self._series_info[int(i)] = SeriesInfo(int(i), d, s, m, u)
+        self._partitions = {
+            int(name.removeprefix("readings_d"))
+            for (name,) in self._conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'readings'"
+            )
+        }
+
+    def _scalar(self, query: str, params: Sequence[Any] = ()) -> int:
+        row = self._conn.execute(query.encode(), params).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def acquire_ownership(self) -> None:
+        """A session advisory lock: one aggregator writes this database (per partition, later)."""
+        if self._owned:
+            return
+        try:
+            got = self._conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (LOCK_KEY,)).fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot take the aggregator lock on {self.path}: {exc}") from exc
+        if not got or not got[0]:
+            raise StoreError(f"another aggregator is already running on this database ({self.path})")
+        self._owned = True
+
+    def close(self) -> None:
+        self._conn.close()  # ends the session: the advisory lock goes with it
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic write; on any error it rolls back, forgets cached ids, raises StoreError."""
+        try:
+            with self._conn.transaction():
+                self._in_transaction = True
+                try:
+                    yield
+                finally:
+                    self._in_transaction = False
+        except psycopg.errors.DiskFull as exc:
+            self._forget_ids()
+            raise StoreFull(f"write to {self.path} failed: {exc}") from exc
+        except psycopg.Error as exc:
+            self._forget_ids()
+            raise StoreError(f"write to {self.path} failed: {exc}") from exc
+        except BaseException:
+            self._forget_ids()
+            raise
+
+    def _forget_ids(self) -> None:
+        """After a rollback: ids made by it are gone (and so is the staging table, if it made it)."""
+        self._staging_ready = False
+        with contextlib.suppress(psycopg.Error):  # a lost connection: the caller's error says why
+            self._load_ids()
+
+    # -- hot write path -------------------------------------------------------------------------
+
+    def _source_id(self, device: str, epoch: str, now: float) -> int:
+        key = (device, epoch)
+        sid = self._sources.get(key)
+        if sid is None:
+            row = self._conn.execute(
+                "INSERT INTO sources(device, epoch, first_seen, last_seen) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (device, epoch) DO UPDATE SET device = excluded.device RETURNING id",
+                (device, epoch, now, now),
+            ).fetchone()
+            assert row is not None
+            sid = self._sources[key] = int(row[0])
+        return sid
+
+    def _series_id(self, device: str, sensor: str, metric: str, unit: str) -> int:
+        key = (device, sensor, metric)
+        sid = self._series.get(key)
+        if sid is None:
+            row = self._conn.execute(
+                "INSERT INTO series(device, sensor, metric, unit) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (device, sensor, metric) DO UPDATE SET device = excluded.device RETURNING id",
+                (device, sensor, metric, unit),
+            ).fetchone()
+            assert row is not None
+            sid = self._series[key] = int(row[0])
+            self._series_info[sid] = SeriesInfo(sid, device, sensor, metric, unit)
+        return sid
+
+    def find_series(self, device: str, sensor: str, metric: str) -> int | None:
+        return self._series.get((device, sensor, metric))
+
+    def series_info(self, series_id: int) -> SeriesInfo:
+        return self._series_info[series_id]
+
+    def _ensure_partitions(self, days: Iterable[int]) -> None:
+        for day in sorted(set(days) - self._partitions):
+            self._conn.execute(
+                pgsql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF readings FOR VALUES FROM ({}) TO ({})"
+                ).format(
+                    pgsql.Identifier(f"readings_d{day}"),
+                    pgsql.Literal(day * DAY),
+                    pgsql.Literal((day + 1) * DAY),
+                )
+            )
+            self._partitions.add(day)
+
+    def store_messages(self, items: Sequence[ReadingsItem]) -> list[StoredMessage]:
+        """COPY into staging, one INSERT ... ON CONFLICT DO NOTHING counting the new, then the rest."""
+        conn = self._conn
+        if not items:
+            return []
+        mids = [
+            int(m)
+            for (m,) in conn.execute(
+                "SELECT nextval('message_ids') FROM generate_series(1, %s)", (len(items),)
+            )
+        ]
+        if not self._staging_ready:
+            conn.execute(_STAGING)
+            self._staging_ready = True
+        # (pos in its message, source_id, seq, ts, series_id, value, message_id, late)
+        rows: list[tuple[int, int, int, float, int, float, int, bool]] = []
+        spans: list[tuple[int, int, int]] = []  # (source_id, start, end) of each message's rows
+        get = self._series.get
+        append = rows.append
+        days: set[int] = set()
+        for mid, item in zip(mids, items, strict=True):
+            msg = item.batch
+            device = msg.device
+            src = self._source_id(device, msg.epoch, item.received_at)
+            start, late = len(rows), item.late
+            for pos, r in enumerate(item.accepted):
+                sid = get((device, r.sensor, r.metric))
+                if sid is None:
+                    sid = self._series_id(device, r.sensor, r.metric, r.unit)
+                append((pos, src, r.seq, r.ts, sid, r.value, mid, late))
+            if item.accepted:
+                tss = [r.ts for r in item.accepted]
+                days.update(range(_day(min(tss)), _day(max(tss)) + 1))
+            spans.append((src, start, len(rows)))
+        duplicates: set[tuple[int, int]] = set()  # (message_id, pos) of readings not stored
+        inserted = 0
+        if rows:
+            self._ensure_partitions(days)
+            with conn.cursor() as cur:
+                with cur.copy(
+                    "COPY staging (pos, source_id, seq, ts, series_id, value, message_id, late) "
+                    "FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(_STAGING_TYPES)
+                    for row in rows:
+                        copy.write_row(row)
+                # In arrival order: of two equal keys in one batch, the first is stored. Only the
+                # count comes back (returning 120k rows a batch cost more than the insert's
+                # Python side); a batch with duplicates then asks which rows they were.
+                cur.execute(
+                    "WITH ins AS (INSERT INTO readings "
+                    "(source_id, seq, ts, series_id, value, message_id, pos, late) "
+                    "SELECT source_id, seq, ts, series_id, value, message_id, pos, late FROM staging "
+                    "ORDER BY message_id, pos ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM ins"
+                )
+                counted = cur.fetchone()
+                inserted = int(counted[0]) if counted else 0
+                if inserted < len(rows):
+                    cur.execute(
+                        "SELECT s.message_id, s.pos FROM staging s "
+                        "WHERE NOT EXISTS (SELECT 1 FROM readings r WHERE r.source_id = s.source_id "
+                        "AND r.seq = s.seq AND r.ts = s.ts AND r.message_id = s.message_id AND r.pos = s.pos)"
+                    )
+                    duplicates = set(cur.fetchall())
+        out: list[StoredMessage] = []
+        messages: list[tuple[Any, ...]] = []
+        sources: dict[int, list[float]] = {}
+        devices: dict[str, list[float]] = {}
+        for mid, item, (src, start, end) in zip(mids, items, spans, strict=True):
+            mine = rows[start:end]
+            if duplicates:
+                mine = [r for r in mine if (mid, r[0]) not in duplicates]
+            stored = len(mine)
+            rejected = self.insert_dead_letters(item.dead) if item.dead else 0
+            msg = item.batch
+            seqs = [r.seq for r in item.accepted] + [d.seq for d in item.dead if d.seq is not None]
+            if seqs:
+                lo, hi = min(seqs), max(seqs)
+                acc = sources.get(src)
+                if acc is None:
+                    sources[src] = [stored, rejected, lo, hi, item.received_at]
+                else:
+                    acc[0] += stored
+                    acc[1] += rejected
+                    acc[2] = min(acc[2], lo)
+                    acc[3] = max(acc[3], hi)
+                    acc[4] = max(acc[4], item.received_at)
+            dev = devices.get(msg.device)
+            if dev is None:
+                devices[msg.device] = [item.received_at, 1, stored]
+            else:
+                dev[0] = max(dev[0], item.received_at)
+                dev[1] += 1
+                dev[2] += stored
+            tss = [r[3] for r in mine]
+            stored_seqs = [r[2] for r in mine]
+            messages.append(
+                (
+                    mid, msg.msg_id, msg.device, msg.epoch, "backfill" if item.late else "telemetry",
+                    item.received_at, msg.sent_at, len(item.accepted) + len(item.dead), stored,
+                    len(item.accepted) - stored, len(item.dead), src if stored else None,
+                    min(stored_seqs) if stored else None, max(stored_seqs) if stored else None,
+                    min(tss) if tss else None, max(tss) if tss else None,
+                )
+            )  # fmt: skip
+            new = [(r[4], r[3], r[5]) for r in mine]
+            out.append(StoredMessage(mid, item, new, len(item.accepted) - stored, rejected))
+        with conn.cursor() as cur:
+            with cur.copy(
+                "COPY messages (id, msg_id, device, epoch, kind, received_at, sent_at, readings, stored, "
+                "duplicates, rejected, source_id, lo_seq, hi_seq, min_ts, max_ts) FROM STDIN"
+            ) as copy:
+                for m in messages:
+                    copy.write_row(m)
+            cur.executemany(
+                "UPDATE sources SET received = received + %s, rejected = rejected + %s, "
+                "first_seq = least(coalesce(first_seq, %s), %s), "
+                "last_seq = greatest(coalesce(last_seq, %s), %s), "
+                "last_seen = greatest(last_seen, %s) WHERE id = %s",
+                [
+                    (int(v[0]), int(v[1]), int(v[2]), int(v[2]), int(v[3]), int(v[3]), v[4], sid)
+                    for sid, v in sources.items()
+                ],
+            )
+            cur.executemany(
+                "INSERT INTO devices(device, first_seen, last_seen, online, messages, readings) "
+                "VALUES (%s, %s, %s, true, %s, %s) ON CONFLICT (device) DO UPDATE SET "
+                "last_seen = greatest(coalesce(devices.last_seen, 0), excluded.last_seen), online = true, "
+                "messages = devices.messages + excluded.messages, "
+                "readings = devices.readings + excluded.readings",
+                [(d, v[0], v[0], int(v[1]), int(v[2])) for d, v in sorted(devices.items())],
+            )
+        return out
+
+    def insert_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """Rows with a seq are unique per (device, epoch, seq); returns how many were new."""
+        new = 0
+        for d in letters:
+            cur = self._conn.execute(
+                "INSERT INTO dead_letter "
+                "(received_at, topic, reason, detail, device, epoch, seq, msg_id, payload) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (d.received_at, d.topic, d.reason, d.detail, d.device, d.epoch, d.seq, d.msg_id,
+                 d.payload[:MAX_DEAD_PAYLOAD] if d.payload is not None else None),
+            )  # fmt: skip
+            new += cur.rowcount
+        return new
+
+    def apply_status(
+        self,
+        device: str,
+        *,
+        event: str,
+        ts: float,
+        online: bool,
+        agent_version: str,
+        epoch: str,
+        counters: dict[str, float],
+        seen_at: float | None,
+    ) -> None:
+        """Record a status message unless an equally new one is already stored (retained repeats)."""
+        known = [counters.get(k) for k in STATUS_COUNTERS]
+        self._conn.execute(
+            "INSERT INTO devices(device, first_seen, last_seen) VALUES (%s, %s, %s) "
+            "ON CONFLICT (device) DO NOTHING",
+            (device, seen_at, seen_at),
+        )
+        self._conn.execute(
+            "UPDATE devices SET online = %s, status_event = %s, status_ts = %s, agent_version = %s, "
+            "epoch = %s, backlog = %s, dropped = %s, dropped_unconfirmed = %s, sampled = %s, "
+            "published = %s, counters = %s, last_seen = greatest(coalesce(last_seen, 0), coalesce(%s, 0)), "
+            "messages = messages + 1 WHERE device = %s AND coalesce(status_ts, 0) <= %s",
+            (online, event, ts, agent_version, epoch, *known,
+             json.dumps(counters, sort_keys=True), seen_at, device, ts),
+        )  # fmt: skip
+
+    def insert_alert(self, alert: AlertRecord) -> bool:
+        a = alert
+        cur = self._conn.execute(
+            _ALERT_INSERT,
+            (a.alert_id, a.device, a.sensor, a.metric, a.kind, a.state, a.start, a.end,
+             a.peak_score, a.value, a.expected_low, a.expected_high, a.severity, a.late,
+             a.detector, a.msg_id, a.opened_at, a.closed_at, a.acked_at, a.acked_by, a.note),
+        )  # fmt: skip
+        return cur.rowcount == 1
+
+    def close_alert(
+        self,
+        alert_id: str,
+        *,
+        end: float,
+        closed_at: float,
+        peak_score: float,
+        value: float | None,
+        expected_low: float | None,
+        expected_high: float | None,
+    ) -> bool:
+        cur = self._conn.execute(
+            "UPDATE alerts SET state = 'closed', \"end\" = %s, closed_at = %s, peak_score = %s, value = %s, "
+            "expected_low = %s, expected_high = %s WHERE alert_id = %s AND state = 'open'",
+            (end, closed_at, peak_score, value, expected_low, expected_high, alert_id),
+        )
+        return cur.rowcount == 1
+
+    def enqueue_publication(self, device: str, payload: bytes, now: float) -> int:
+        row = self._conn.execute(
+            "INSERT INTO alert_outbox(device, payload, created_at) VALUES (%s, %s, %s) RETURNING id",
+            (device, payload, now),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    @_translated
+    def pending_publications(self, limit: int = 1000) -> list[tuple[int, str, bytes]]:
+        return [
+            (int(i), str(d), bytes(p))
+            for i, d, p in self._conn.execute(
+                "SELECT id, device, payload FROM alert_outbox ORDER BY id LIMIT %s", (limit,)
+            )
+        ]
+
+    def delete_publications(self, ids: Iterable[int]) -> None:
+        self._conn.execute("DELETE FROM alert_outbox WHERE id = ANY(%s)", (list(ids),))
+
+    @_translated
+    def presence(self) -> list[Presence]:
+        return [
+            Presence(str(d), ls, bool(o), str(e or ""))
+            for d, ls, o, e in self._conn.execute(
+                "SELECT device, last_seen, online, status_event FROM devices"
+            )
+        ]
+
+    @_translated
+    def status_times(self) -> dict[str, float]:
+        return {
+            str(d): float(t)
+            for d, t in self._conn.execute(
+                "SELECT device, status_ts FROM devices WHERE status_ts IS NOT NULL"
+            )
+        }
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def save_checkpoint(self, watermark: int, streams: Iterable[StreamCheckpoint], now: float) -> None:
+        with self._conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO detector_state (series_id, detector, blob, tracker, updated_at, watermark) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (series_id) DO UPDATE SET "
+                "detector = excluded.detector, blob = excluded.blob, tracker = excluded.tracker, "
+                "updated_at = excluded.updated_at, watermark = excluded.watermark",
+                [(s.series_id, s.detector, s.blob, s.tracker, now, s.watermark) for s in streams],
+            )
+            cur.executemany(
+                "INSERT INTO checkpoint (key, value) VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [(f"watermark:{OWNER}", float(watermark)), ("saved_at", now)],
+            )
+
+    @_translated
+    def load_checkpoint(self) -> tuple[int, list[StreamCheckpoint]]:
+        watermark = self._scalar("SELECT value FROM checkpoint WHERE key = %s", (f"watermark:{OWNER}",))
+        streams = [
+            StreamCheckpoint(int(i), str(d), bytes(b), str(t), int(w))
+            for i, d, b, t, w in self._conn.execute(
+                "SELECT series_id, detector, blob, tracker, watermark FROM detector_state"
+            )
+        ]
+        return watermark, streams
+
+    def reject_checkpoint(self, checkpoint: StreamCheckpoint, reason: str, now: float) -> None:
+        """Move an unrestorable checkpoint aside (`rejected_checkpoints`); call in a transaction."""
+        cp = checkpoint
+        self._conn.execute(
+            "INSERT INTO rejected_checkpoints (series_id, detector, blob, tracker, reason, rejected_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (cp.series_id, cp.detector, cp.blob, cp.tracker, reason, now),
+        )
+        self._conn.execute("DELETE FROM detector_state WHERE series_id = %s", (cp.series_id,))
+
+    @_translated
+    def rejected_checkpoints(self) -> list[tuple[int, str, str, float]]:
+        return [
+            (int(i), str(d), str(r), float(t))
+            for i, d, r, t in self._conn.execute(
+                "SELECT series_id, detector, reason, rejected_at FROM rejected_checkpoints ORDER BY id"
+            )
+        ]
+
+    def readings_after(self, watermark: int) -> Iterator[ReplayRow]:
+        """Readings of the messages past `watermark`, less those a series' own state holds."""
+        return self._processed(watermark, device=None, since=None, skip_saved=True)
+
+    def history(self, *, device: str | None = None, since: float | None = None) -> Iterator[ReplayRow]:
+        """Stored readings in the order first processed, optionally one device's from `since`."""
+        return self._processed(0, device=device, since=since, skip_saved=False)
+
+    def _processed(
+        self, after: int, *, device: str | None, since: float | None, skip_saved: bool, chunk: int = 200
+    ) -> Iterator[ReplayRow]:
+        query = (
+            "SELECT m.id, r.series_id, r.ts, r.value, r.late, m.msg_id FROM messages m "  # noqa: S608 - fixed parts
+            "JOIN readings r ON r.source_id = m.source_id AND r.seq BETWEEN m.lo_seq AND m.hi_seq "
+            "AND r.ts BETWEEN m.min_ts AND m.max_ts AND r.message_id = m.id "
+            + ("LEFT JOIN detector_state d ON d.series_id = r.series_id " if skip_saved else "")
+            + "WHERE m.id > %s AND m.id <= %s AND m.stored > 0 AND r.ts >= %s "
+            + ("AND m.id > coalesce(d.watermark, 0) " if skip_saved else "")
+            + ("AND m.device = %s " if device is not None else "")
+            + "ORDER BY m.id, r.pos"
+        )
+        last, lo = after, since if since is not None else -float("inf")
+        while True:
+            try:
+                top = self._scalar(
+                    "SELECT max(id) FROM (SELECT id FROM messages WHERE id > %s ORDER BY id LIMIT %s) t",
+                    (last, chunk),
+                )
+                if not top:
+                    return
+                params: tuple[Any, ...] = (last, top, lo) if device is None else (last, top, lo, device)
+                rows = self._conn.execute(query.encode(), params).fetchall()
+            except psycopg.Error as exc:
+                raise StoreError(f"reading stored readings from {self.path} failed: {exc}") from exc
+            for mid, sid, ts, value, late, msg_id in rows:
+                yield ReplayRow(int(mid), int(sid), float(ts), float(value), bool(late), str(msg_id))
+            last = top
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    def prune(self, older_than: float) -> dict[str, int]:
+        """Drop the day partitions wholly older than the cut, with their messages; open alerts stay."""
+        conn = self._conn
+        cut_day = _day(older_than)  # partitions of days before this one end at or before the cut
+        dropped = sorted(d for d in self._partitions if d < cut_day)
+        readings = 0
+        for day in dropped:
+            readings += self._scalar(
+                pgsql.SQL("SELECT count(*) FROM {}")
+                .format(pgsql.Identifier(f"readings_d{day}"))
+                .as_string(conn)
+            )
+            conn.execute(pgsql.SQL("DROP TABLE {}").format(pgsql.Identifier(f"readings_d{day}")))
+            self._partitions.discard(day)
+        bound = cut_day * DAY
+        pruned = conn.execute(
+            "UPDATE sources SET pruned = true WHERE (device, epoch) IN "
+            "(SELECT DISTINCT device, epoch FROM messages WHERE stored > 0 AND max_ts < %s)",
+            (bound,),
+        )
+        del pruned
+        cur = conn.execute(
+            "DELETE FROM messages WHERE (stored > 0 AND max_ts < %s) OR (stored = 0 AND received_at < %s)",
+            (bound, older_than),
+        )
+        counts = {"readings": readings, "messages": cur.rowcount}
+        counts["dead_letter"] = conn.execute(
+            "DELETE FROM dead_letter WHERE received_at < %s", (older_than,)
+        ).rowcount
+        counts["alerts"] = conn.execute(
+            "DELETE FROM alerts WHERE start < %s AND state = 'closed'", (older_than,)
+        ).rowcount
+        return counts
+
+    # -- queries --------------------------------------------------------------------------------
+
+    @_translated
+    def list_alerts(
+        self,
+        *,
+        device: str | None = None,
+        state: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        acked: bool | None = None,
+        late: bool | None = None,
+        limit: int = 100,
+    ) -> list[AlertRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("device", device), ("state", state), ("kind", kind)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        if since is not None:
+            where.append("start >= %s")
+            params.append(since)
+        if until is not None:
+            where.append("start < %s")
+            params.append(until)
+        if acked is not None:
+            where.append("acked_at IS NOT NULL" if acked else "acked_at IS NULL")
+        if late is not None:
+            where.append("late = %s")
+            params.append(late)
+        return self._alerts(where, params, limit)
+
+    @_translated
+    def find_alerts(
+        self,
+        *,
+        since: float | None = None,
+        device: str | None = None,
+        metric: str | None = None,
+        severity: str | None = None,
+        state: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+    ) -> list[AlertRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("device", device),
+            ("metric", metric),
+            ("severity", severity),
+            ("state", state),
+            ("kind", kind),
+        ):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        if since is not None:
+            where.append("(state = 'open' OR coalesce(\"end\", start) >= %s)")
+            params.append(since)
+        return self._alerts(where, params, limit)
+
+    def _alerts(self, where: list[str], params: list[Any], limit: int) -> list[AlertRecord]:
+        query = _ALERT_SELECT
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY start DESC, alert_id LIMIT %s"
+        return [_alert(r) for r in self._conn.execute(query.encode(), [*params, min(limit, 1 << 62)])]
+
+    @_translated
+    def get_alert(self, alert_id: str) -> AlertRecord:
+        rows = self._conn.execute(_ALERT_SELECT + " WHERE alert_id = %s", (alert_id,)).fetchall()
+        if not rows and len(alert_id) >= 6:
+            rows = self._conn.execute(
+                _ALERT_SELECT + " WHERE starts_with(alert_id, %s) ORDER BY alert_id LIMIT 2", (alert_id,)
+            ).fetchall()
+        if len(rows) != 1:
+            why = "is ambiguous" if rows else "does not exist"
+            raise NotFound(f"alert {alert_id!r} {why}")
+        return _alert(rows[0])
+
+    @_translated
+    def ack_alert(self, alert_id: str, *, now: float, by: str = "", note: str = "") -> AlertRecord:
+        alert = self.get_alert(alert_id)
+        with self.transaction():
+            self._conn.execute(
+                "UPDATE alerts SET acked_at = coalesce(acked_at, %s), acked_by = %s, note = %s "
+                "WHERE alert_id = %s",
+                (now, by, note or alert.note, alert.alert_id),
+            )
+        return self.get_alert(alert.alert_id)
+
+    @_translated
+    def alert_ids_starting(self, prefix: str, limit: int = 50) -> list[str]:
+        return [
+            str(a)
+            for (a,) in self._conn.execute(
+                "SELECT alert_id FROM alerts WHERE starts_with(alert_id, %s) ORDER BY start DESC LIMIT %s",
+                (prefix, limit),
+            )
+        ]
+
+    @_translated
+    def list_devices(self) -> list[DeviceRecord]:
+        epochs = self._epochs(None)
+        opened = {
+            str(d): int(n)
+            for d, n in self._conn.execute(
+                "SELECT device, count(*) FROM alerts WHERE state = 'open' GROUP BY device"
+            )
+        }
+        return [
+            _device(r, tuple(epochs.get(r["device"], ())), opened.get(r["device"], 0))
+            for r in self._dicts("SELECT * FROM devices ORDER BY device", ())
+        ]
+
+    @_translated
+    def device(self, device: str, *, max_gaps: int = 100) -> DeviceRecord:
+        rows = self._dicts("SELECT * FROM devices WHERE device = %s", (device,))
+        if not rows:
+            raise NotFound(f"device {device!r} is not known")
+        epochs = tuple(
+            _with_gaps(e, self.gaps(device, e.epoch, limit=max_gaps))
+            for e in self._epochs(device).get(device, [])
+        )
+        opened = self._scalar("SELECT count(*) FROM alerts WHERE device = %s AND state = 'open'", (device,))
+        return _device(rows[0], epochs, opened)
+
+    @_translated
+    def devices_starting(self, prefix: str, limit: int = 200) -> list[str]:
+        return [
+            str(d)
+            for (d,) in self._conn.execute(
+                "SELECT device FROM devices WHERE starts_with(device, %s) ORDER BY device LIMIT %s",
+                (prefix, limit),
+            )
+        ]
+
+    def _dicts(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        cur = self._conn.execute(query.encode(), params)
+        names = [c.name for c in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def _epochs(self, device: str | None) -> dict[str, list[EpochCompleteness]]:
+        query = "SELECT * FROM sources"
+        params: list[Any] = []
+        if device is not None:
+            query += " WHERE device = %s"
+            params.append(device)
+        out: dict[str, list[EpochCompleteness]] = {}
+        for r in self._dicts(query + " ORDER BY first_seen, id", params):
+            first, last = r["first_seq"], r["last_seq"]
+            base = first if (r["pruned"] and first is not None) else 1
+            span = (last - base + 1) if last is not None else 0
+            missing = max(0, span - r["received"] - r["rejected"])
+            out.setdefault(r["device"], []).append(
+                EpochCompleteness(
+                    r["device"], r["epoch"], first, last, int(r["received"]), int(r["rejected"]), missing,
+                    r["first_seen"], r["last_seen"],
+                )
+            )  # fmt: skip
+        return out
+
+    @_translated
+    def gaps(self, device: str, epoch: str, *, limit: int = 100) -> tuple[tuple[int, int], ...]:
+        src = self._conn.execute(
+            "SELECT id, pruned FROM sources WHERE device = %s AND epoch = %s", (device, epoch)
+        ).fetchone()
+        if src is None:
+            return ()
+        query = (
+            "WITH seqs AS (SELECT seq FROM readings WHERE source_id = %(src)s UNION "
+            "SELECT seq FROM dead_letter WHERE device = %(device)s AND epoch = %(epoch)s "
+            "AND seq IS NOT NULL), "
+            "ordered AS (SELECT seq, lead(seq) OVER (ORDER BY seq) AS nxt FROM seqs) "
+            "SELECT seq + 1 AS lo, nxt - 1 AS hi FROM ordered WHERE nxt > seq + 1 ORDER BY lo LIMIT %(limit)s"
+        )
+        params = {"src": src[0], "device": device, "epoch": epoch, "limit": limit}
+        out = [(int(lo), int(hi)) for lo, hi in self._conn.execute(query, params)]
+        if not src[1]:
+            first = self._scalar(
+                "SELECT min(seq) FROM (SELECT seq FROM readings WHERE source_id = %s UNION ALL "
+                "SELECT seq FROM dead_letter WHERE device = %s AND epoch = %s AND seq IS NOT NULL) t",
+                (src[0], device, epoch),
+            )
+            if first > 1:
+                out.insert(0, (1, first - 1))
+        return tuple(out[:limit])
+
+    @_translated
+    def device_series(self, device: str) -> list[SeriesInfo]:
+        return [
+            SeriesInfo(int(i), str(d), str(s), str(m), str(u or ""))
+            for i, d, s, m, u in self._conn.execute(
+                "SELECT id, device, sensor, metric, unit FROM series WHERE device = %s "
+                "ORDER BY sensor, metric",
+                (device,),
+            )
+        ]
+
+    @_translated
+    def readings(
+        self,
+        device: str,
+        metric: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        sensor: str | None = None,
+        limit: int = 100_000,
+    ) -> list[StoredReading]:
+        lo, hi = since if since is not None else 0.0, until if until is not None else float("inf")
+        query = (
+            "SELECT r.ts, r.value, s.device, s.sensor, s.metric, s.unit, src.epoch, r.seq, r.late, m.msg_id "
+            "FROM readings r JOIN series s ON s.id = r.series_id JOIN sources src ON src.id = r.source_id "
+            "JOIN messages m ON m.id = r.message_id "
+            "WHERE s.device = %s AND s.metric = %s AND r.ts >= %s AND r.ts < %s"
+        )
+        params: list[Any] = [device, metric, lo, hi]
+        if sensor is not None:
+            query += " AND s.sensor = %s"
+            params.append(sensor)
+        query += " ORDER BY r.ts, r.message_id, r.pos LIMIT %s"
+        params.append(limit)
+        return [
+            StoredReading(float(ts), float(v), d, s, m, u, e, int(seq), bool(late), msg)
+            for ts, v, d, s, m, u, e, seq, late, msg in self._conn.execute(query.encode(), params)
+        ]
+
+    @_translated
+    def count_readings(self, device: str | None = None) -> int:
+        if device is None:
+            return self._scalar("SELECT count(*) FROM readings")
+        return self._scalar(
+            "SELECT count(*) FROM readings r JOIN sources s ON s.id = r.source_id WHERE s.device = %s",
+            (device,),
+        )
+
+    @_translated
+    def last_reading_ts(self, device: str) -> float | None:
+        row = self._conn.execute(
+            "SELECT max(max_ts) FROM messages WHERE device = %s AND stored > 0", (device,)
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    @_translated
+    def message(self, msg_id: str) -> list[MessageRecord]:
+        return [
+            MessageRecord(*row)
+            for row in self._conn.execute(_MESSAGE_SELECT + " WHERE msg_id = %s ORDER BY id", (msg_id,))
+        ]
+
+    @_translated
+    def message_totals(self, device: str | None = None) -> MessageTotals:
+        query = (
+            "SELECT count(*), coalesce(sum(readings), 0), coalesce(sum(stored), 0), "
+            "coalesce(sum(duplicates), 0), coalesce(sum(rejected), 0) FROM messages"
+        )
+        if device is None:
+            row = self._conn.execute(query).fetchone()
+        else:
+            row = self._conn.execute(query + " WHERE device = %s", (device,)).fetchone()
+        assert row is not None
+        return MessageTotals(*(int(v) for v in row))
+
+    @_translated
+    def dead_letters(
+        self,
+        *,
+        reason: str | None = None,
+        device: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[DeadLetterRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if reason is not None:
+            where.append("reason = %s")
+            params.append(reason)
+        if device is not None:
+            where.append("device = %s")
+            params.append(device)
+        if since is not None:
+            where.append("received_at >= %s")
+            params.append(since)
+        clause = ("WHERE " + " AND ".join(where) + " ") if where else ""
+        return self._dead_letters(clause + "ORDER BY id DESC LIMIT %s", [*params, limit])
+
+    def _dead_letters(self, clause: str, params: list[Any]) -> list[DeadLetterRecord]:
+        query = (
+            "SELECT id, received_at, topic, reason, detail, device, epoch, seq, msg_id, payload "
+            "FROM dead_letter " + clause
+        )
+        return [
+            DeadLetterRecord(
+                int(i), float(at), t, r, d, dev, e, None if seq is None else int(seq), m or "",
+                None if p is None else bytes(p),
+            )
+            for i, at, t, r, d, dev, e, seq, m, p in self._conn.execute(query.encode(), params)
+        ]  # fmt: skip
+
+    @_translated
+    def dead_letter_counts(self, device: str | None = None) -> dict[str, int]:
+        query = "SELECT reason, count(*) FROM dead_letter"
+        params: tuple[Any, ...] = ()
+        if device is not None:
+            query, params = query + " WHERE device = %s", (device,)
+        return {
+            str(r): int(n)
+            for r, n in self._conn.execute((query + " GROUP BY reason ORDER BY reason").encode(), params)
+        }
+
+    @_translated
+    def dead_letter(self, dead_id: int) -> DeadLetterRecord:
+        found = self._dead_letters("WHERE id = %s", [dead_id])
+        if not found:
+            raise NotFound(f"dead letter {dead_id} does not exist")
+        return found[0]
+
+    def save_replayed(self, alerts: Sequence[ReplayedAlert], now: float) -> int:
+        written = 0
+        for a in alerts:
+            written += self._conn.execute(
+                f"INSERT INTO {REPLAY_SET} VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "  # noqa: S608
+                "ON CONFLICT DO NOTHING",
+                (a.run, a.alert_id, a.device, a.sensor, a.metric, a.detector, a.start, a.end,
+                 a.peak_score, a.value, a.expected_low, a.expected_high, now),
+            ).rowcount  # fmt: skip
+        return written
+
+    def replayed_alerts(self, run: str) -> list[ReplayedAlert]:
+        try:
+            return [
+                ReplayedAlert(*row)
+                for row in self._conn.execute(
+                    (_REPLAYED_SELECT + " WHERE run = %s ORDER BY start").encode(), (run,)
+                )
+            ]
+        except psycopg.Error as exc:
+            raise StoreError(f"no replay run {run!r} in {self.path}: {exc}") from exc
+
+    @_translated
+    def replay_runs(self) -> list[str]:
+        return [
+            str(r)
+            for (r,) in self._conn.execute(
+                f"SELECT run FROM {REPLAY_SET} GROUP BY run ORDER BY min(created_at), run"  # noqa: S608
+            )
+        ]
+
+
+def _alert(r: Sequence[Any]) -> AlertRecord:
+    values = dict(zip(_ALERT_COLUMNS, r, strict=True))
+    values["late"] = bool(values["late"])
+    return AlertRecord(**values)
+
+
+def _device(r: dict[str, Any], epochs: tuple[EpochCompleteness, ...], open_alerts: int) -> DeviceRecord:
+    counters: dict[str, float] = json.loads(r["counters"] or "{}")
+    return DeviceRecord(
+        r["device"], r["first_seen"], r["last_seen"], bool(r["online"]), r["status_event"] or "",
+        r["status_ts"], r["agent_version"] or "", r["epoch"] or "", counters, int(r["messages"]),
+        int(r["readings"]), open_alerts, epochs,
+    )  # fmt: skip
+
+
+def _with_gaps(e: EpochCompleteness, gaps: tuple[tuple[int, int], ...]) -> EpochCompleteness:
+    return EpochCompleteness(
+        e.device, e.epoch, e.first_seq, e.last_seq, e.received, e.rejected, e.missing,
+        e.first_seen, e.last_seen, gaps,
+    )  # fmt: skip
