@@ -7,6 +7,7 @@ the store interface (cloud.store.api) and the pipeline; none reads a backend's s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -16,8 +17,9 @@ from cloud.alerts.episodes import EpisodePolicy, SilencePolicy
 from cloud.errors import NotFound, StoreError
 from cloud.ingest.pipeline import DeadLetter, Inbound, Pipeline, PipelineSettings, decode_inbound
 from cloud.store.api import AlertRecord, ReadingsItem, ReplayedAlert, Store, open_store
+from cloud.store.sqlite.store import SqliteStore
 from devices import wire
-from devices.model import Status, StatusEvent
+from devices.model import Ack, Status, StatusEvent
 
 T0 = 1_750_000_000.0
 DAY = 86_400.0
@@ -252,6 +254,8 @@ def test_alert_queries_filter_get_by_prefix_and_ack(store: Store) -> None:
             value=60.0,
             expected_low=None,
             expected_high=None,
+            evidence="value 60 C, above the expected 1..2 C",
+            peak_ts=T0 + 25,
         )
         assert not store.close_alert(
             "bbbbbb333333",
@@ -261,6 +265,8 @@ def test_alert_queries_filter_get_by_prefix_and_ack(store: Store) -> None:
             value=60.0,
             expected_low=None,
             expected_high=None,
+            evidence="value 60 C, above the expected 1..2 C",
+            peak_ts=T0 + 25,
         )
     assert [a.alert_id for a in store.list_alerts()] == ["bbbbbb333333", "aaaaaa222222", "aaaaaa111111"]
     assert [a.alert_id for a in store.list_alerts(device="pi-1", state="open")] == ["aaaaaa111111"]
@@ -277,6 +283,27 @@ def test_alert_queries_filter_get_by_prefix_and_ack(store: Store) -> None:
     again = store.ack_alert("aaaaaa111111", now=T0 + 200, by="ops")
     assert again.acked_at == T0 + 100 and again.note == "known"  # idempotent
     assert [a.alert_id for a in store.list_alerts(acked=False)] == ["bbbbbb333333", "aaaaaa222222"]
+
+
+def test_an_alert_keeps_its_kind_and_reasons_and_the_close_updates_the_peaks(store: Store) -> None:
+    opening = "value 50 C, 30 typical steps above the level 1.5 C"
+    explained = dataclasses.replace(
+        alert("cccccc444444", "pi-1", start=T0),
+        anomaly_kind="spike", evidence=opening, opening_evidence=opening, peak_ts=T0,
+    )  # fmt: skip
+    with store.transaction():
+        assert store.insert_alert(explained)
+    assert store.get_alert("cccccc444444") == explained
+    peak = "value 80 C, 52 typical steps above the level 1.5 C"
+    with store.transaction():
+        assert store.close_alert(
+            "cccccc444444", end=T0 + 20, closed_at=T0 + 21, peak_score=0.99, value=80.0,
+            expected_low=1.0, expected_high=2.0, evidence=peak, peak_ts=T0 + 12,
+        )  # fmt: skip
+    (closed,) = store.list_alerts()
+    assert (closed.state, closed.value, closed.evidence, closed.peak_ts) == ("closed", 80.0, peak, T0 + 12)
+    assert (closed.anomaly_kind, closed.opening_evidence) == ("spike", opening)  # as it opened
+    assert store.find_alerts(kind="anomaly") == [closed]
 
 
 def test_devices_show_completeness_and_gaps(store: Store) -> None:
@@ -388,3 +415,68 @@ def test_status_and_presence(store: Store) -> None:
     assert store.status_times() == {"pi-1": T0 + 2}
     with pytest.raises(NotFound):
         store.get_alert("nothing-here")
+
+
+def test_a_message_spanning_days_is_stored_whole(store: Store) -> None:
+    """Readings of one message on three days (a backlog, or a clock fixed mid-message)."""
+    rows = [
+        (1, T0 + 2 * DAY, "sys", "temp", 1.0, "C"),
+        (2, T0, "sys", "temp", 2.0, "C"),
+        (3, T0 + DAY, "sys", "temp", 3.0, "C"),
+    ]
+    payload = wire.encode_readings("pi-1", "e1", rows, sent_at=T0 + 2 * DAY, msg_id="span")
+    with store.transaction():
+        (done,) = store.store_messages(
+            [item(Inbound(wire.device_topic("pi-1", "backfill"), payload, T0 + 2 * DAY))]
+        )
+    assert len(done.new) == 3
+    assert [r.seq for r in store.readings("pi-1", "temp")] == [2, 3, 1]
+
+
+def test_a_dropped_database_session_costs_one_batch_not_the_aggregator(
+    store_url: str, threshold: str
+) -> None:
+    """PostgreSQL restarts, fails over, or kills our backend: the batch in flight fails (nothing
+    confirmed, so it is resent), the next one finds a new session, ownership taken again."""
+    if "://" not in store_url:
+        pytest.skip("a SQLite file has no session to lose")
+    import psycopg
+
+    with open_store(store_url, readonly=False, create=True) as store:
+        store.acquire_ownership()
+        pipeline = Pipeline(store, SETTINGS, now=T0)
+        assert pipeline.ingest([readings("pi-1", range(1, 11))], T0).stored == 10
+        with psycopg.connect(store_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(StoreError):
+            pipeline.ingest([readings("pi-1", range(11, 21))], T0 + 1)
+        assert pipeline.acks_due(T0 + 10) == [
+            Ack("pi-1", "e1", ((1, 10),))
+        ]  # the failed batch: not confirmed
+        report = pipeline.ingest([readings("pi-1", range(11, 21))], T0 + 2)  # the agent's resend
+        assert report.stored == 10 and store.count_readings() == 20
+        with (
+            open_store(store_url, readonly=False, create=True) as rival,
+            pytest.raises(StoreError, match="another"),
+        ):
+            rival.acquire_ownership()  # the new session holds the lock again
+
+
+def test_retention_across_a_message_that_spans_the_cut_reports_no_loss(store: Store, threshold: str) -> None:
+    """SQLite keeps such a message whole; PostgreSQL drops the day before the cut's: either way
+    what is left is newer than the setting and nothing pruned shows up as missing."""
+    pipeline = Pipeline(store, SETTINGS, now=T0)
+    midnight = (T0 // DAY) * DAY
+    rows = [(1, midnight - 60, "sys", "temp", 1.0, "C"), (2, midnight + 60, "sys", "temp", 2.0, "C")]
+    payload = wire.encode_readings("pi-1", "e1", rows, sent_at=midnight + 60, msg_id="midnight")
+    pipeline.ingest([Inbound(wire.device_topic("pi-1", "telemetry"), payload, midnight + 61)], midnight + 61)
+    pipeline.ingest([readings("pi-1", range(3, 6), t0=midnight + 100)], midnight + 200)
+    pipeline.prune(now=midnight + 10 + 5 * DAY, retention_s=5 * DAY)  # the cut: 10 s past midnight
+    kept = [r.seq for r in store.readings("pi-1", "temp")]
+    by_message = isinstance(store, SqliteStore)  # SQLite prunes by message, PostgreSQL by day
+    assert kept == ([1, 2, 3, 4, 5] if by_message else [2, 3, 4, 5])
+    (epoch,) = store.device("pi-1").epochs
+    assert epoch.gaps == () and epoch.missing == 0

@@ -5,10 +5,15 @@ A file holds one `[aggregator]` table whose keys are the field names of `Aggrega
     [aggregator]
     broker = "mqtts://aggregator:secret@broker.example:8883"
     ca_file = "/etc/edgewatch/ca.pem"
-    db = "/var/lib/edgewatch/cloud.db"
+    db = "/var/lib/edgewatch/cloud.db"     # or "postgresql://edgewatch:secret@db.example/edgewatch"
     metrics_port = 9108
     detector = "default"
     retention_days = 30
+
+    [[notify.sinks]]            # optional: where alerts are pushed (see cloud.notify.config)
+    name = "oncall"
+    type = "alertmanager"
+    url = "http://127.0.0.1:9093"
 
 Broker URLs are parsed by `devices.broker.parse_broker_url` (shared with the agent); this module
 adds the aggregator's own knobs and validates them before anything connects or writes.
@@ -18,12 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from cloud.detect import DETECTORS
 from cloud.errors import ConfigError
+from cloud.notify.config import NotifyConfig, parse_notify
 from devices.broker import BrokerURL, BrokerURLError, parse_broker_url
 
 DEFAULT_CLIENT_ID = "edgewatch-aggregator"
@@ -34,7 +40,7 @@ class AggregatorConfig:
     """Everything `edgewatch cloud run` needs; the defaults suit a fleet reporting every ~10 s."""
 
     broker: str = "mqtt://127.0.0.1:1883"
-    db: str = "edgewatch-cloud.db"
+    db: str = "edgewatch-cloud.db"  # a SQLite path or a postgresql:// URL (cloud.store.api.open_store)
     ca_file: str | None = None  # CA bundle for mqtts://; None uses the system store
     client_id: str = DEFAULT_CLIENT_ID  # stable, so the broker keeps our session while we are away
     keepalive: int = 30
@@ -65,6 +71,8 @@ class AggregatorConfig:
     # within seconds of the broker, and with it every agent's confirmations.
     reconnect_base: float = 0.5
     reconnect_cap: float = 5.0
+    # Alert delivery: the file's [notify] table (cloud.notify.config), not a key of [aggregator].
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     def broker_url(self) -> BrokerURL:
         try:
@@ -144,9 +152,14 @@ def load_config(path: Path | str | None = None, **overrides: Any) -> AggregatorC
         table = data.get("aggregator", {})
         if not isinstance(table, dict):
             raise ConfigError(f"config {path}: [aggregator] must be a table")
-        known = {f.name: str(f.type) for f in fields(AggregatorConfig)}
+        known = {f.name: str(f.type) for f in fields(AggregatorConfig) if f.name != "notify"}
         for key, value in table.items():
             if key not in known:
                 raise ConfigError(f"config {path}: unknown key aggregator.{key}")
             values[key] = _check_type(f"aggregator.{key}", value, known[key])
+        if "notify" in data:
+            try:
+                values["notify"] = parse_notify(data["notify"])
+            except ConfigError as exc:
+                raise ConfigError(f"config {path}: {exc}") from exc
     return AggregatorConfig(**values).replace(**overrides)

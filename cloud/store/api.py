@@ -13,11 +13,13 @@ The roles, each a Protocol, that one store object plays:
                       readings were new (ids come from the database, never from arithmetic);
                       dead letters, statuses, alerts and the alert outbox
     CheckpointStore   detector and episode state per series, each with its own watermark (the
-                      last message whose readings it had processed), and the readings past it
+                      last message whose readings it had processed), the owner's watermark,
+                      and the readings past them
     RetentionStore    history older than a cut, dropped
     ReadModel         the operator's queries (alerts, devices, gaps, readings, dead letters)
                       and the offline replay's history and result sets
-    OwnedStore        who may write: one aggregator per store today (SQLite: a file lock)
+    OwnedStore        who may write: one aggregator per store today (SQLite: a lock file,
+                      PostgreSQL: a session advisory lock; per partition in the scale-out)
 
 Records are frozen slotted dataclasses. Timestamps are unix seconds.
 """
@@ -114,6 +116,13 @@ class AlertRecord:
     acked_at: float | None
     acked_by: str
     note: str
+    # Why: the opening reading's kind (it stays the episode's kind), the peak reading's reason in
+    # the stream's units (the reading `value` and the expected range describe), the opening
+    # reading's reason, and when the peak was. Empty for silent alerts and older alerts.
+    anomaly_kind: str = ""
+    evidence: str = ""
+    opening_evidence: str = ""
+    peak_ts: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +290,10 @@ class Presence:
 class IngestStore(Protocol):
     """The aggregator's write path. Write methods run inside `transaction()`."""
 
+    waits_on_server: bool
+    """True when a batch's write waits on another process (a database server): the service then
+    runs batches on its worker thread, and keeps receiving meanwhile."""
+
     def transaction(self) -> AbstractContextManager[None]:
         """One atomic write; on any error it rolls back and raises StoreError."""
         ...
@@ -325,7 +338,12 @@ class IngestStore(Protocol):
         value: float | None,
         expected_low: float | None,
         expected_high: float | None,
-    ) -> bool: ...
+        evidence: str,
+        peak_ts: float | None,
+    ) -> bool:
+        """With the peak's final figures (value, range, evidence, time); the kind and the
+        opening reason stay as the episode opened. False if already closed (a replay)."""
+        ...
 
     def enqueue_publication(self, device: str, payload: bytes, now: float) -> int: ...
 
