@@ -19,6 +19,7 @@ DETECTORS: dict[str, str] = {
     "hst": "cloud.detect.hst:HalfSpaceTreesDetector",
     "gaussian": "cloud.detect.gaussian:GaussianDetector",
     "ewma": "cloud.detect.simple:EwmaDetector",
+    "shift": "cloud.detect.shift:ShiftAwareDetector",
 }
 """Name -> "module:Class". Only the named module is imported (river only for hst/gaussian)."""
 
