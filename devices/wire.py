@@ -201,7 +201,7 @@ def encode_alert(alert: AlertEvent) -> bytes:
 def encode_webhook(events: Sequence[Mapping[str, Any]], *, text: str | None = None) -> bytes:
     """A webhook notification: alert transitions in order, each the alert as the operator's
     `alerts list --json` shows it plus `transition` and `transition_id`; `text` for Slack-style
-    receivers. Pinned by tests/golden/webhook_v1.1.json."""
+    receivers. Pinned by tests/golden/webhook_v1.2.json."""
     body: dict[str, Any] = {"v": VERSION, "kind": "alert_events", "events": list(events)}
     if text is not None:
         body["text"] = text

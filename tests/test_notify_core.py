@@ -284,7 +284,7 @@ def test_webhook_body_golden_bytes() -> None:
         for state in ("open", "closed")
     ]
     request = make_sink(sink(slack_text=True)).render(notices, T0)
-    golden = Path(__file__).parent / "golden" / "webhook_v1.1.json"
+    golden = Path(__file__).parent / "golden" / "webhook_v1.2.json"
     assert request.body == golden.read_bytes().rstrip(b"\n")
 
 
