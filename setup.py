@@ -1,6 +1,6 @@
 """Build hook: compile the aggregator's per-reading detector with mypyc where possible.
 
-`cloud.detect.sensor` and `cloud.detect.calibrate` run once per reading on the aggregator;
+`cloud.detect.sensor`, `calibrate` and `shift` run once per reading on the aggregator;
 compiled by mypyc (from the same typed source) they take half the time, with bit-identical
 verdicts and checkpoints that load in either form (tests/test_native.py). Everything else is
 plain Python. The compiled modules are optional: without a C compiler, or with
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-NATIVE = ["cloud/detect/sensor.py", "cloud/detect/calibrate.py"]
+NATIVE = ["cloud/detect/sensor.py", "cloud/detect/calibrate.py", "cloud/detect/shift.py"]
 # The sources' digests as compiled, installed next to them: `cloud.detect` runs the source
 # instead of a compiled module whose source has changed since (an edited editable checkout).
 DIGESTS = Path("cloud/detect/native-sources.json")

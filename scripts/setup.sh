@@ -63,7 +63,7 @@ fi
 # What the editable install depends on: the metadata, the build hook and the compiled sources.
 # When none changed since the last install with these extras, pip has nothing to do (~20 s saved).
 stamp=.venv/edgewatch-installed
-want="$extras $(cat pyproject.toml setup.py cloud/detect/sensor.py cloud/detect/calibrate.py | cksum)"
+want="$extras $(cat pyproject.toml setup.py cloud/detect/sensor.py cloud/detect/calibrate.py cloud/detect/shift.py | cksum)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c 'import edgewatch' 2>/dev/null; then
   exit 0
 fi

@@ -29,8 +29,12 @@ def run(det: SensorDetector, values: list[float], *, start: int = 0) -> list[Ver
     return [det.process(T0 + 60.0 * (start + i), v) for i, v in enumerate(values)]
 
 
-def test_the_default_is_the_sensor_detector() -> None:
-    assert isinstance(make_detector(), SensorDetector)
+def test_the_default_is_the_sensor_detector_with_the_mean_shift_question() -> None:
+    from cloud.detect.shift import ShiftAwareDetector
+
+    default = make_detector()
+    assert isinstance(default, ShiftAwareDetector) and isinstance(default.inner, SensorDetector)
+    assert isinstance(make_detector("sensor"), SensorDetector)
 
 
 def test_a_spike_is_flagged_at_once_and_only_the_spike() -> None:

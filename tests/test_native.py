@@ -123,7 +123,7 @@ def test_compiled_and_interpreted_give_identical_verdicts_and_resume_each_others
 
 def test_checkpoints_written_before_the_named_state_still_resume() -> None:
     """Checkpoints of earlier versions were default slot pickles: (None, {slot: value})."""
-    det = make_detector("default")
+    det = make_detector("sensor")  # the default's inner detector, and the default before shift
     for i in range(200):
         det.process(60.0 * i, 20.0 + (i % 7) * 0.1)
     state = pickle.loads(pickle.dumps(det.__getstate__()))  # type: ignore[attr-defined] # a deep copy
@@ -165,8 +165,8 @@ def test_a_compiled_module_whose_source_changed_is_not_run(tmp_path: Path) -> No
 def test_docstring_examples_of_the_compiled_modules_hold_in_their_source() -> None:
     """doctest cannot see into compiled modules (tests/test_doctests.py); run their source."""
     probe = (
-        "import doctest, cloud.detect.sensor as s, cloud.detect.calibrate as c\n"
-        "r = [doctest.testmod(m) for m in (s, c)]\n"
+        "import doctest, cloud.detect.sensor as s, cloud.detect.calibrate as c, cloud.detect.shift as h\n"
+        "r = [doctest.testmod(m) for m in (s, c, h)]\n"
         "print(sum(x.attempted for x in r), sum(x.failed for x in r))"
     )
     env = {**os.environ, "EDGEWATCH_INTERPRETED": "1"}

@@ -41,7 +41,7 @@ def verdicts(name: str, values: list[float]) -> list[Verdict]:
 def test_a_shift_below_the_point_threshold_is_alerted_once_then_learned() -> None:
     """A 2-sigma step: no single reading stands out (the default stays quiet), the mean does."""
     values = noisy(3000, seed=11, shift_at=1500, shift=2.0)
-    assert not any(v.anomalous for v in verdicts("default", values)[1500:1560])
+    assert not any(v.anomalous for v in verdicts("sensor", values)[1500:1560])
     found = verdicts("shift", values)
     alarms = [i for i, v in enumerate(found) if v.anomalous]
     assert len(alarms) == 1 and 1500 <= alarms[0] < 1560, alarms  # once, within a minute
@@ -85,7 +85,7 @@ def test_alerts_of_the_default_stand_and_are_not_repeated_as_a_shift() -> None:
     """A 12-sigma step is the default's (a spike, then its new regime); the mean question
     learns it instead of opening a second alert a few readings later."""
     values = noisy(3000, seed=13, shift_at=1500, shift=12.0)
-    default, shift = verdicts("default", values), verdicts("shift", values)
+    default, shift = verdicts("sensor", values), verdicts("shift", values)
     first = min(i for i, v in enumerate(default) if v.anomalous and i >= 1500)
     assert shift[first] == default[first]
     assert not any(v.kind == "level_shift" and "the mean of" in v.evidence for v in shift[1500:])

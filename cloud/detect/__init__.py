@@ -14,7 +14,7 @@ from cloud.detect.base import StreamDetector, Verdict  # noqa: E402 - after the 
 
 DEFAULT_DETECTOR = "default"
 DETECTORS: dict[str, str] = {
-    "default": "cloud.detect.sensor:SensorDetector",
+    "default": "cloud.detect.shift:ShiftAwareDetector",
     "sensor": "cloud.detect.sensor:SensorDetector",
     "hst": "cloud.detect.hst:HalfSpaceTreesDetector",
     "gaussian": "cloud.detect.gaussian:GaussianDetector",
@@ -45,6 +45,28 @@ _CHECKPOINT_MAGIC = b"edgewatch-checkpoint/"
 class CheckpointError(ValueError):
     """A stored checkpoint that cannot be restored: corrupt, from a renamed class or an upgraded
     library, or in a format newer than this code. The stream starts fresh instead."""
+
+
+def resume_detector(blob: bytes, name: str) -> StreamDetector:
+    """A checkpoint of the detector registered as `name`, as that detector is now.
+
+    Until the mean-shift question joined it, `default` was a bare SensorDetector: such a
+    checkpoint becomes the inside of today's default (its level, scale and calibration carry
+    on; the mean question warms up on the next readings) instead of a stream starting over.
+    CheckpointError if the checkpoint is unreadable or holds some other detector.
+    """
+    detector = detector_from_bytes(blob)
+    target = DETECTORS.get(name, "")
+    if target.endswith(":ShiftAwareDetector") and type(detector).__name__ == "SensorDetector":
+        upgraded: Any = make_detector(name)
+        upgraded.inner = detector
+        resumed: StreamDetector = upgraded
+        return resumed
+    expected = type(make_detector(name))
+    if not isinstance(detector, expected):
+        held = type(detector).__name__
+        raise CheckpointError(f"checkpoint holds a {held}, {name!r} is a {expected.__name__}")
+    return detector
 
 
 def detector_to_bytes(detector: StreamDetector) -> bytes:
@@ -104,4 +126,5 @@ __all__ = [
     "detector_from_bytes",
     "detector_to_bytes",
     "make_detector",
+    "resume_detector",
 ]

@@ -19,7 +19,7 @@ import sys
 import warnings
 from pathlib import Path
 
-MODULES = ("cloud.detect.calibrate", "cloud.detect.sensor")
+MODULES = ("cloud.detect.calibrate", "cloud.detect.sensor", "cloud.detect.shift")
 DIGESTS = Path(__file__).with_name("native-sources.json")
 
 
@@ -68,5 +68,6 @@ def _changed(compiled: list[tuple[str, Path]]) -> list[str]:
 
 def compiled() -> bool:
     """Whether the default detector runs compiled rather than interpreted."""
-    origin = importlib.import_module("cloud.detect.sensor").__file__ or ""
-    return not origin.endswith(".py")
+    return all(
+        not (importlib.import_module(name).__file__ or "").endswith(".py") for name in MODULES
+    )

@@ -46,6 +46,7 @@ from cloud.detect import (
     detector_from_bytes,
     detector_to_bytes,
     make_detector,
+    resume_detector,
 )
 from cloud.errors import StoreError
 from cloud.notify.delivery import Router
@@ -482,7 +483,7 @@ class Pipeline:
         """One stream from its checkpoint; CheckpointError if any part of it cannot be read."""
         settings = self.settings
         if cp.detector == settings.detector:
-            detector = detector_from_bytes(cp.blob)
+            detector = resume_detector(cp.blob, settings.detector)
         else:
             log.warning("series %d: detector changed from %s, starting fresh", cp.series_id, cp.detector)
             detector = make_detector(settings.detector)
