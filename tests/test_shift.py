@@ -116,3 +116,26 @@ def test_detect_command_reports_the_shift_with_its_kind_and_evidence(tmp_path: P
     assert episode["kind"] == "level_shift" and "the mean of the last 20 readings" in episode["evidence"]
     assert 1500 <= episode["start"] - T0 < 1560
     assert all(math.isfinite(float(r["score"])) for r in csv.DictReader(dst.open()))
+
+
+def test_a_checkpoint_of_the_old_default_resumes_inside_the_new_one() -> None:
+    """Before the mean-shift question, `default` was a bare SensorDetector: its checkpoints keep
+    their level, scale and calibration as the inside of today's default."""
+    from cloud.detect import CheckpointError, detector_to_bytes, resume_detector
+    from cloud.detect.shift import ShiftAwareDetector
+
+    values = noisy(600, seed=3)
+    old = make_detector("sensor")
+    for i, v in enumerate(values):
+        old.process(T0 + i, v)
+    twin = make_detector("sensor")
+    for i, v in enumerate(values):
+        twin.process(T0 + i, v)
+    resumed = resume_detector(detector_to_bytes(old), "default")
+    assert isinstance(resumed, ShiftAwareDetector)
+    later = [(T0 + 600 + i, 50.0 + (30.0 if i == 50 else 0.0)) for i in range(100)]
+    inner_verdicts = [resumed.inner.score_one(ts, v) for ts, v in later[:1]]
+    assert inner_verdicts == [twin.score_one(*later[0])]  # the same state, carried over
+    assert any(resumed.process(ts, v).anomalous for ts, v in later)  # and it still alerts
+    with pytest.raises(CheckpointError, match="EwmaDetector"):
+        resume_detector(detector_to_bytes(make_detector("ewma")), "default")
