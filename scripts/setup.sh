@@ -15,6 +15,11 @@ if [[ ",${extras}," == *",dev,"* ]] && ! ls /usr/lib/postgresql/*/bin/initdb >/d
     && ! command -v initdb >/dev/null 2>&1; then
   need_apt+=(postgresql)
 fi
+# The dev extra's cluster tests start their own 3-node NATS JetStream cluster (nats-server >= 2.9).
+if [[ ",${extras}," == *",dev,"* ]] && ! command -v nats-server >/dev/null 2>&1 \
+    && [ ! -x /usr/sbin/nats-server ]; then
+  need_apt+=(nats-server)
+fi
 if ! python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   echo "edgewatch needs Python >= 3.11 (found: $(python3 --version 2>&1))" >&2
   exit 1
