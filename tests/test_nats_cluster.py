@@ -12,7 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud.partitions.layout import STREAM, stream_subjects
+from cloud.partitions.layout import STREAM, partition_of, stream_subjects
 from cloud.partitions.serverconf import ServerConfError, accounts_conf, device_permissions
 from devices import wire
 from tests.agent_helpers import RunningAgent, agent_config, outbox_seqs
@@ -95,6 +95,9 @@ def test_agents_land_in_one_partition_each(cluster: NatsCluster, tmp_path: Path)
             seqs[device].update(r.seq for r in batch.readings)
     assert sorted(partitions) == devices
     assert all(len(found) == 1 for found in partitions.values()), partitions
+    assert {d: next(iter(found)) for d, found in partitions.items()} == {
+        d: partition_of(d, PARTITIONS) for d in devices
+    }, "the aggregators' partition_of differs from the servers' mapping"
     assert all(0 <= next(iter(found)) < PARTITIONS for found in partitions.values())
     assert len({next(iter(found)) for found in partitions.values()}) > 1, "all devices hashed alike"
     assert all({wire.TELEMETRY, wire.STATUS} <= found for found in kinds.values()), kinds

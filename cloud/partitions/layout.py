@@ -9,9 +9,9 @@ up to 64 aggregators share the work).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Literal
 
-from devices.wire import PARTITION_PREFIX, PARTITIONED_KINDS, PREFIX, nats_subject, partition_subject
+from devices.wire import PARTITION_PREFIX, PARTITIONED_KINDS, PREFIX, nats_subject
 
 PARTITIONS: Final = 64
 STREAM: Final = "EDGEWATCH"
@@ -20,6 +20,20 @@ REPLICAS: Final = 3
 # this bounds how long an aggregator can be down (or behind) before readings must come again
 # from the agents' outboxes (they do: nothing is deleted on a device until it is stored).
 MAX_AGE_S: Final = 7 * 24 * 3600
+
+
+def partition_of(device: str, partitions: int = PARTITIONS) -> int:
+    """The partition the servers' `{{partition(P,1)}}` puts a device in: FNV-1a (32 bit) of the
+    device id, modulo P (nats-server's subject transform; pinned by tests/test_nats_cluster.py
+    against a real server). The aggregators use it to know whose detector state is whose.
+
+    >>> partition_of("pi-kitchen-01", 64)
+    33
+    """
+    value = 0x811C9DC5
+    for byte in device.encode():
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value % partitions
 
 
 def subject_mappings(partitions: int = PARTITIONS) -> dict[str, str]:
@@ -37,8 +51,19 @@ def subject_mappings(partitions: int = PARTITIONS) -> dict[str, str]:
 
 
 def stream_subjects() -> list[str]:
-    """Every partition's subjects (a consumer's filter must be a subset of these)."""
-    return [partition_subject("*", "*", kind) for kind in PARTITIONED_KINDS]
+    """The stream's subjects: every partition's messages (only the mapping publishes there:
+    no user may publish to `part.` directly but a device, to its own mapped subjects)."""
+    return [partition_filter("*")]
+
+
+def partition_filter(partition: int | Literal["*"]) -> str:
+    """One partition's messages, every kind: the filter of its consumer (a subset of the
+    stream's subjects, as JetStream requires).
+
+    >>> partition_filter(3)
+    'part.3.edgewatch.v1.*.*'
+    """
+    return f"{PARTITION_PREFIX}.{partition}.{nats_subject(PREFIX)}.*.*"
 
 
 def stream_config(*, replicas: int = REPLICAS, max_age_s: float = MAX_AGE_S) -> dict[str, Any]:
