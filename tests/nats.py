@@ -122,6 +122,38 @@ class NatsCluster:
         for index in range(len(self.nodes)):
             self.start_node(index)
         asyncio.run(self._create_stream(stream_replicas, deadline=time.monotonic() + timeout))
+        self._warm_up_mqtt(time.monotonic() + timeout)
+
+    def _warm_up_mqtt(self, deadline: float) -> None:
+        """Wait until every node grants a QoS 1 subscription. A node creates the account's
+        MQTT streams on its first MQTT client; agents that connect all at once meanwhile can
+        be refused a subscription (SUBACK 0x80) and then never hear their acks."""
+        import paho.mqtt.client as mqtt
+
+        device, password = next(iter(self.devices.items()))
+        for index, node in enumerate(self.nodes):
+            while True:
+                granted: list[int] = []
+                client = mqtt.Client(
+                    mqtt.CallbackAPIVersion.VERSION2, client_id=f"warm-up-{index}", protocol=mqtt.MQTTv311
+                )
+                client.username_pw_set(device, password)
+                client.on_subscribe = lambda _c, _u, _mid, codes, _p: granted.extend(c.value for c in codes)
+                try:
+                    client.connect("127.0.0.1", node.mqtt_port)
+                    client.loop_start()
+                    client.subscribe(f"edgewatch/v1/{device}/ack", qos=1)
+                    until = time.monotonic() + 3
+                    while not granted and time.monotonic() < until:
+                        time.sleep(0.05)
+                finally:
+                    client.loop_stop()
+                    client.disconnect()
+                if granted == [1]:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{node.name} never granted a QoS 1 subscription: {granted}")
+                time.sleep(0.2)
 
     async def _create_stream(self, replicas: int, *, deadline: float) -> None:
         """Wait for a JetStream meta leader (the cluster formed), then create the stream."""

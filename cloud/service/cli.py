@@ -41,11 +41,23 @@ def run_cmd(
     detector: Annotated[str | None, typer.Option(help="Detector name (default: default).")] = None,
     ca_file: Annotated[Path | None, typer.Option(help="CA bundle for an mqtts:// broker.")] = None,
     client_id: Annotated[str | None, typer.Option(help="Stable MQTT client id.")] = None,
+    nats: Annotated[
+        str | None,
+        typer.Option(
+            help="Cluster mode: nats://user:pass@host:4222[,...] of the JetStream cluster "
+            "(deploy/nats/), with a postgresql:// --db shared by the members; no --broker."
+        ),
+    ] = None,
+    member: Annotated[
+        str | None, typer.Option(help="Cluster mode: this member's id (default host-pid).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug logs every message's msg_id.")] = "info",
 ) -> None:
     """Run the aggregator until SIGINT/SIGTERM; then write, confirm and checkpoint what it has.
 
     Example: edgewatch cloud run --broker mqtt://127.0.0.1:1883 --db cloud.db --metrics-port 9108
+
+    Cluster: edgewatch cloud run --nats nats://aggregator:pw@nats-a:4222 --db postgresql://...
     """
     from cloud.service import aggregator as service
     from cloud.service.config import load_config
@@ -66,6 +78,8 @@ def run_cmd(
             detector=detector,
             ca_file=str(ca_file) if ca_file is not None else None,
             client_id=client_id,
+            nats=nats,
+            member=member,
         )
         service.run(settings)
     except EdgewatchError as exc:

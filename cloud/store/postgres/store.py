@@ -409,7 +409,11 @@ class PostgresStore:
         return self._series.get((device, sensor, metric))
 
     def series_info(self, series_id: int) -> SeriesInfo:
-        return self._series_info[series_id]
+        info = self._series_info.get(series_id)
+        if info is None:  # made by another writer (cluster members share the store): look again
+            self._load_ids()
+            info = self._series_info[series_id]
+        return info
 
     def _ensure_partitions(self, days: Iterable[int]) -> None:
         for day in sorted(set(days) - self._partitions):
