@@ -138,7 +138,9 @@ class NatsCluster:
                     mqtt.CallbackAPIVersion.VERSION2, client_id=f"warm-up-{index}", protocol=mqtt.MQTTv311
                 )
                 client.username_pw_set(device, password)
-                client.on_subscribe = lambda _c, _u, _mid, codes, _p: granted.extend(c.value for c in codes)
+                client.on_subscribe = lambda _c, _u, _mid, codes, _p, got=granted: got.extend(
+                    c.value for c in codes
+                )
                 try:
                     client.connect("127.0.0.1", node.mqtt_port)
                     client.loop_start()

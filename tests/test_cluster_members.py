@@ -3,7 +3,6 @@ real agents (MQTT 3.1.1 into the nodes' listeners), members as `edgewatch cloud 
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
