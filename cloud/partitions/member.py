@@ -40,7 +40,7 @@ from cloud.errors import ConfigError, LeaseLost, StoreError
 from cloud.ingest.pipeline import Inbound, Pipeline, Publication
 from cloud.partitions.assignment import plan
 from cloud.partitions.layout import STREAM, partition_filter, partition_of, stream_config
-from cloud.service.aggregator import settings_from
+from cloud.service.aggregator import _cancel, settings_from
 from cloud.service.config import AggregatorConfig
 from cloud.store.api import Lease, LeaseStore, Store, open_store
 from devices import wire
@@ -80,6 +80,7 @@ class PartitionMember:
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self.batches = 0
+        self._closing = False
 
     # -- store and pipeline -----------------------------------------------------------------------
 
@@ -137,6 +138,7 @@ class PartitionMember:
             await self.js.add_stream(StreamConfig.from_response(stream_config()))
 
     async def close(self) -> None:
+        self._closing = True
         await _cancel(list(self._consumers.values()))
         self._consumers.clear()
         if self._store is not None:
@@ -147,12 +149,14 @@ class PartitionMember:
                     self.lease_store.release_lease(lease)
             with contextlib.suppress(StoreError):
                 self.lease_store.leave_cluster(self.me)
+            log.info("member %s: stopped: checkpointed, %d partitions released", self.me, len(self.leases))
             self.leases.clear()
             self._store.close()
             self._store = None
         if self.nc is not None:
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                async with asyncio.timeout(5):
+                    await self.nc.close()
             self.nc = None
 
     def checkpoint(self) -> int:
@@ -218,7 +222,7 @@ class PartitionMember:
         assert self.js is not None
         js = self.js
         subscription: Any = None
-        while partition in self.leases:
+        while partition in self.leases and not self._closing:
             try:
                 if subscription is None:
                     await js.add_consumer(
@@ -327,14 +331,6 @@ class PartitionMember:
             publications = self._owned_publications()
         if publications:
             await self._publish([], publications)
-
-
-async def _cancel(tasks: Sequence[asyncio.Future[Any]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
 
 
 async def serve(config: AggregatorConfig, stop: asyncio.Event) -> None:
