@@ -311,6 +311,10 @@ class Agent:
             "backlog": self.outbox.backlog,
             "sensor_failures": sum(s.health.failures for s in self.sensors),
             "outbox_full": 1.0 if self.outbox.full else 0.0,  # the disk is full: policy drops apply
+            # Per sensor, so a heartbeat says which device stopped answering and since how many
+            # reads (0 once it answers again).
+            **{f"sensor_failures.{s.name}": s.health.failures for s in self.sensors},
+            **{f"sensor_failing.{s.name}": s.schedule.consecutive_failures for s in self.sensors},
         }
 
     def _heartbeat(self) -> None:

@@ -101,10 +101,15 @@ def status_cmd(
 def sample_cmd(config: ConfigOpt) -> None:
     """Read every configured sensor once and print what it gives (install debugging).
 
+    Modbus and OPC UA sensors also show what they read before conversion:
+    Modbus each register's words, decoded number and value after scale and offset;
+    OPC UA each node's data type and value as the server sent it.
+
     Example: edgewatch agent sample --config agent.toml
     """
     import time
 
+    from devices.drivers.base import DescribesReads
     from devices.errors import SensorReadError
     from edge.agent import read_sensor
     from edge.config import build_drivers, load_config
@@ -119,6 +124,7 @@ def sample_cmd(config: ConfigOpt) -> None:
         driver = drivers[sensor.name]
         try:
             samples = read_sensor(sensor.name, driver, time.time())
+            details = driver.describe_last_read() if isinstance(driver, DescribesReads) else []
         except SensorReadError as exc:
             failed += 1
             typer.echo(f"{sensor.name} ({sensor.driver}): FAILED: {exc}")
@@ -127,5 +133,7 @@ def sample_cmd(config: ConfigOpt) -> None:
             driver.close()
         for s in samples:
             typer.echo(f"{sensor.name} ({sensor.driver}): {s.metric} = {s.value:g} {s.unit}".rstrip())
+        for line in details:
+            typer.echo(f"    {line}")
     if failed:
         raise typer.Exit(1)

@@ -28,6 +28,11 @@ def run_agent(config_path: Path, log_level: str = "info") -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if log_level.lower() != "debug":
+        # The drivers raise what these libraries log (a Modbus timeout, an OPC UA reconnect), and
+        # the agent logs a failing sensor once per new error; the libraries would log every read.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+        logging.getLogger("asyncua").setLevel(logging.ERROR)
     try:
         cfg = load_config(config_path)
         agent = Agent(cfg)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepares a fresh Debian/Ubuntu machine: mosquitto, a C compiler and Python's headers (with
-# apt-get when root), a venv in .venv with edgewatch and the extras named in $1 (default: dev).
+# Prepares a fresh Debian/Ubuntu machine: mosquitto (and socat and postgresql for the dev extra), a C compiler
+# and Python's headers (with apt-get when root), a venv in .venv with edgewatch and the extras
+# named in $1 (default: dev).
 # Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,10 @@ fi
 if [[ ",${extras}," == *",dev,"* ]] && ! command -v nats-server >/dev/null 2>&1 \
     && [ ! -x /usr/sbin/nats-server ]; then
   need_apt+=(nats-server)
+fi
+# The Modbus RTU tests link two pseudo-terminals with socat (a null-modem cable).
+if [[ ",$extras," == *,dev,* ]] && ! command -v socat >/dev/null 2>&1; then
+  need_apt+=(socat)
 fi
 if ! python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   echo "edgewatch needs Python >= 3.11 (found: $(python3 --version 2>&1))" >&2

@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,7 +47,9 @@ def simulate(
     fault_min_gap: Annotated[float, typer.Option(help="Virtual seconds between faults on a stream.")] = 3
     * 3600.0,
     link_outages: Annotated[float, typer.Option(help="Network outages per device over the run.")] = 0.0,
-    labels: Annotated[Path | None, typer.Option(help="Write injected faults here (JSON lines).")] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Append each injected fault here once it has begun (JSON lines).")
+    ] = None,
     outbox_dir: Annotated[
         Path | None, typer.Option(help="Keep device outboxes here (default: temp).")
     ] = None,
@@ -63,7 +66,10 @@ def simulate(
     device_prefix: Annotated[str, typer.Option(help="Device ids are PREFIX-0000, PREFIX-0001, ...")] = "sim",
     start: Annotated[
         float | None,
-        typer.Option(help="Virtual start time, unix seconds (default now); fix it to repeat a run."),
+        typer.Option(
+            help="Virtual start time, unix seconds; fix it to repeat a run. Default: so that the run "
+            "ends now (the virtual clock never runs ahead of the wall clock)."
+        ),
     ] = None,
 ) -> None:
     """Run a fleet of simulated devices through the real agent code (outbox, MQTT, confirmations).
@@ -90,15 +96,14 @@ def simulate(
         ack_timeout_s=ack_timeout,
         drain_timeout_s=drain_timeout,
         device_prefix=device_prefix,
-        start_ts=start,
+        start_ts=start if start is not None else time.time() - max(0.0, speed - 1.0) * duration,
+        labels_path=labels,
     )
     try:
         fleet = Fleet(spec)
     except Exception as exc:  # config errors name the bad value
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    if labels is not None:
-        fleet.write_labels(labels)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

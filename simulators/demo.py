@@ -1,9 +1,15 @@
 """`edgewatch demo`: a broker, the aggregator, a faulty fleet and a live view of alerts.
 
-Everything runs as children of this process (one process group), with its logs in the data
-directory; Ctrl-C stops them all and waits for each. With a mosquitto on PATH the demo starts one
-on a free loopback port; without, it falls back to amqtt in Python. Time runs 60 times faster so
-that faults, and the alerts they raise, appear within a minute.
+Everything runs as children of this process, with its logs in the data directory. The children
+have their own session, so a terminal's Ctrl-C reaches only this process, which then stops them
+in the order a planned stop needs: the fleet first (each agent says goodbye: "offline", not
+"silent"), then the aggregator (last batch, confirmations, checkpoint), the broker last. With a
+mosquitto on PATH the demo starts one on a free loopback port; without, it falls back to amqtt in
+Python.
+
+Time: the fleet starts a day in the past and runs 60 times faster until it has caught up with
+the wall clock, then in real time, so alerts appear within a minute, a demo can run for days,
+and no reading is ever stamped ahead of the wall clock.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from pathlib import Path
 from devices.broker import parse_broker_url
 
 DEMO_FAULTS = "spike,dip,level_shift,stuck,noise_burst"
+DEMO_HISTORY_S = 86_400.0  # virtual time the fleet starts in the past, and catches up at --speed
+STOP_GRACE_S = 1.2  # each child's time to stop cleanly before it is killed (three in a row)
 
 
 class DemoError(RuntimeError):
@@ -65,7 +73,13 @@ class DemoProcesses:
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = (self.data_dir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a terminal's Ctrl-C is ours to handle, in order
+        )
         log.close()
         self.children.append((name, proc))
         return proc
@@ -77,7 +91,8 @@ class DemoProcesses:
                 return name
         return None
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = STOP_GRACE_S) -> None:
+        """Stop the children newest first (fleet, aggregator, broker), each within `timeout`."""
         for _, proc in reversed(self.children):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -135,9 +150,11 @@ def run_demo(
 
     data_dir.mkdir(parents=True, exist_ok=True)
     db = data_dir / "demo.db"
-    for stale in (db, db.with_name("demo.db-wal"), db.with_name("demo.db-shm")):
+    for stale in (db, db.with_name("demo.db-wal"), db.with_name("demo.db-shm"), data_dir / "labels.jsonl"):
         stale.unlink(missing_ok=True)
+    # A new demo, a new fleet: no outbox, and no retained status or queued message of the last one.
     shutil.rmtree(data_dir / "outboxes", ignore_errors=True)
+    shutil.rmtree(data_dir / "broker", ignore_errors=True)
     procs = DemoProcesses(data_dir)
     edgewatch = [sys.executable, "-m", "edgewatch"]
     try:
@@ -155,11 +172,14 @@ def run_demo(
                 "--faults", DEMO_FAULTS, "--faults-per-day", "48", "--first-fault-after", "600",
                 "--fault-min-gap", "1800", "--labels", str(data_dir / "labels.jsonl"),
                 "--outbox-dir", str(data_dir / "outboxes"), "--summary", str(data_dir / "summary.json"),
+                "--start", f"{time.time() - DEMO_HISTORY_S:.3f}",
             ],
         )  # fmt: skip
+        catch_up = DEMO_HISTORY_S / max(speed - 1.0, 1e-9)
         emit(
-            f"{devices} simulated devices at {speed:g}x speed, faults injected from minute 10 of "
-            f"virtual time; alerts appear below. Ctrl-C stops everything."
+            f"{devices} simulated devices replay the last day at {speed:g}x speed (caught up with "
+            f"the clock after {catch_up / 60:.0f} min, then live), faults injected from minute 10 "
+            f"of that day; alerts appear below. Ctrl-C stops everything."
         )
         started = time.monotonic()
         last_status = [started]

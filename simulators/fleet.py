@@ -57,7 +57,10 @@ class FleetSpec:
     drain_timeout_s: float = 60.0
     device_prefix: str = "sim"
     username: str | None = None
-    start_ts: float | None = None  # virtual time of the first sample (default: now); fixes labels
+    # Virtual time of the first sample; fixes readings and labels. Default: so far back that the
+    # run ends at the wall clock (the clock never runs ahead of it).
+    start_ts: float | None = None
+    labels_path: Path | None = None  # each fault is appended here (JSON lines) once it has begun
 
 
 @dataclass(slots=True)
@@ -94,7 +97,13 @@ class FleetSummary:
 
 
 class VirtualClock:
-    """Wall time that runs `speed` times faster from the moment it is made."""
+    """Time that runs `speed` times faster from `start`, but never ahead of the wall clock: once
+    it has caught up it runs in real time, so no simulated reading is stamped in the future.
+
+    >>> clock = VirtualClock(60.0, start=time.time() - 600)
+    >>> clock() <= time.time()
+    True
+    """
 
     def __init__(self, speed: float, start: float | None = None) -> None:
         self.speed = speed
@@ -102,7 +111,7 @@ class VirtualClock:
         self._m0 = time.monotonic()
 
     def __call__(self) -> float:
-        return self.start + (time.monotonic() - self._m0) * self.speed
+        return min(time.time(), self.start + (time.monotonic() - self._m0) * self.speed)
 
 
 class Fleet:
@@ -118,11 +127,14 @@ class Fleet:
         self.outbox_dir.mkdir(parents=True, exist_ok=True)
         self.rng = random.Random(spec.seed)
         self.labels: list[Label] = []
+        self._labels_written = 0
         self.agents: list[Agent] = []
         self.first_seq: dict[str, int] = {}
         self.outages: dict[str, int] = {}
         start = spec.start_ts if spec.start_ts is not None else self.clock()
-        span = spec.duration_s * spec.speed
+        # The clock stops running fast at the wall clock: faults are scheduled up to where it ends.
+        end = min(start + spec.duration_s * spec.speed, max(start, time.time()) + spec.duration_s)
+        span = end - start
         period = 1.0 / spec.rate_hz
         for i in range(spec.devices):
             device = f"{spec.device_prefix}-{i:04d}"
@@ -155,7 +167,10 @@ class Fleet:
             )
             self.first_seq[device] = self.agents[-1].outbox.next_seq
             self.outages[device] = 0
+        self.labels.sort(key=lambda label: (label.start, label.device, label.metric))
         self.started_at = start
+        if spec.labels_path is not None:
+            spec.labels_path.write_text("")
 
     def _config(self, device: str, period: float) -> Any:
         url = self.spec.broker_url
@@ -209,6 +224,7 @@ class Fleet:
                     self.outages[agent.device] += 1
                     agent.cut_link(seconds)
                 self._round()
+                self._write_due_labels()
                 if on_round:
                     on_round()
             # Drain: no more sampling; wait for the aggregator to confirm what is left.
@@ -219,9 +235,24 @@ class Fleet:
                 if all(a.outbox.backlog == 0 for a in self.agents):
                     break
                 self._round()
+            self._write_due_labels()
             return self._summary()
         finally:
             self.close()
+
+    def _write_due_labels(self) -> None:
+        """Append the faults that have begun by now: a label file never holds the future, so
+        `edgewatch evaluate` on it scores only what the store can have seen."""
+        path = self.spec.labels_path
+        if path is None:
+            return
+        now = self.clock()
+        due = self._labels_written
+        while due < len(self.labels) and self.labels[due].start <= now:
+            due += 1
+        if due > self._labels_written:
+            write_labels(path, self.labels[self._labels_written : due], append=True)
+            self._labels_written = due
 
     def _round(self) -> None:
         for agent in self.agents:
@@ -245,9 +276,9 @@ class Fleet:
                     outages=self.outages[agent.device],
                 )
             )
-        return FleetSummary(
-            devices, self.spec.seed, self.spec.speed, self.started_at, self.clock(), labels=len(self.labels)
-        )
+        labels = self._labels_written if self.spec.labels_path is not None else len(self.labels)
+        spec = self.spec
+        return FleetSummary(devices, spec.seed, spec.speed, self.started_at, self.clock(), labels=labels)
 
     def write_labels(self, path: Path) -> int:
         return write_labels(path, self.labels)

@@ -239,11 +239,13 @@ def test_unreadable_sensor_never_stops_the_others(tmp_path: Path, broker: Mosqui
 
 
 def test_agent_import_path_is_small() -> None:
-    """The device never imports river, numpy, pandas or the cloud side."""
+    """The device never imports river, numpy, pandas or the cloud side, nor an industrial driver's
+    library unless a config names the driver."""
     code = (
         "import sys, edgewatch.app, edge.runner, edge.cli, devices.drivers.system;"
         "cli_packages = {'cloud.service', 'cloud.ops', 'cloud.analysis', 'cloud.provision'};"
-        "heavy = {'river','numpy','pandas','aiomqtt','sqlite_utils','prometheus_client','rich','plotext'};"
+        "heavy = {'river','numpy','pandas','aiomqtt','sqlite_utils','prometheus_client','rich','plotext',"
+        "'pymodbus','serial','asyncua'};"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy "
         "or (m.startswith('cloud.') and not m.endswith('.cli') and m not in cli_packages));"
         "print(','.join(bad))"

@@ -12,26 +12,26 @@ import json
 import math
 import random
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 import pytest
 
+from cloud.errors import StoreError
 from cloud.service.aggregator import Aggregator
 from cloud.service.config import AggregatorConfig
-from cloud.store.api import MessageTotals, open_store
-from cloud.store.sqlite.store import SqliteStore as Store
+from cloud.store.api import MessageTotals, Store, open_store
 from devices import wire
 from devices.model import AlertEvent, AlertKind, AlertState
 from tests.mosquitto import Mosquitto
 
 pytestmark = pytest.mark.broker
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -117,14 +117,16 @@ class FakeAgent:
     def _on_ack(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
         ack = wire.decode_ack(message.payload)
         if self.verify_db is not None:  # an ack must never precede the commit
-            with sqlite3.connect(self.verify_db) as conn:
+            with open_store(self.verify_db, readonly=True) as store:
+                (epoch,) = [
+                    e for e in store.device(ack.device, max_gaps=1 << 20).epochs if e.epoch == ack.epoch
+                ]
                 for lo, hi in ack.ranges:
-                    stored = conn.execute(
-                        "SELECT count(*) FROM readings r JOIN sources s ON s.id = r.source_id "
-                        "WHERE s.device = ? AND s.epoch = ? AND r.seq BETWEEN ? AND ?",
-                        (ack.device, ack.epoch, lo, hi),
-                    ).fetchone()[0]
-                    if stored != hi - lo + 1:
+                    # every seq of [lo, hi] is in the store: within the epoch's range, in no gap
+                    within = (
+                        epoch.first_seq is not None and epoch.first_seq <= lo and hi <= (epoch.last_seq or 0)
+                    )
+                    if not within or any(g_lo <= hi and lo <= g_hi for g_lo, g_hi in epoch.gaps):
                         self.premature.append((ack.device, lo, hi))
         with self.lock:
             seqs = self.acked.setdefault((ack.device, ack.epoch), set())
@@ -175,9 +177,22 @@ def totals(db: Path) -> MessageTotals:
         return store.message_totals()
 
 
-def count(db: Path, sql: str, *params: Any) -> int:
-    with sqlite3.connect(db) as conn:
-        return int(conn.execute(sql, params).fetchone()[0])
+def stored(db: Path | str, what: Callable[[Store], T], default: T) -> T:
+    """A read-model query on the store (read-only, beside the aggregator); `default` while the
+    aggregator has not created the store yet."""
+    try:
+        with open_store(db, readonly=True) as store:
+            return what(store)
+    except StoreError:
+        return default
+
+
+def readings_in(db: Path | str) -> int:
+    return stored(db, lambda s: s.count_readings(), 0)
+
+
+def alerts_in(db: Path | str, **filters: Any) -> int:
+    return stored(db, lambda s: len(s.list_alerts(**filters)), 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +222,7 @@ def test_overlapping_resends_from_two_publishers_are_stored_once_and_all_acked(
         two.close()
     assert one.premature == []
     assert two.acked_count("pi-1", "e1") == 1500
-    with Store(db) as store:
+    with open_store(db, readonly=True) as store:
         assert store.count_readings() == 1500
         done = store.message_totals()
         assert (done.stored, done.duplicates) == (1500, sent - 1500)
@@ -301,14 +316,15 @@ def test_malformed_flood_keeps_the_aggregator_up_and_dead_letters_every_bad_one(
         agent = FakeAgent(broker, "flood")
         for topic, payload in messages:
             agent.publish_raw(topic, payload)
-        wait_for(lambda: count(db, "SELECT count(*) FROM dead_letter") == dead, what="every dead letter")
-        wait_for(lambda: count(db, "SELECT count(*) FROM readings") == readings, what="every valid reading")
+        dead_letters = lambda s: sum(s.dead_letter_counts().values())  # noqa: E731
+        wait_for(lambda: stored(db, dead_letters, 0) == dead, what="every dead letter")
+        wait_for(lambda: readings_in(db) == readings, what="every valid reading")
         assert aggregator.connected.is_set()
         # Still serving: a valid message afterwards is stored and confirmed.
         agent.publish("pi-after", "e1", rows_for([1, 2, 3], t0))
         wait_for(lambda: agent.acked_count("pi-after", "e1") == 3, what="ack after the flood")
         agent.close()
-    with Store(db) as store:
+    with open_store(db, readonly=True) as store:
         reasons = store.dead_letter_counts()
         letters = store.dead_letters(limit=10_000)
     assert all(d.reason and d.topic for d in letters)
@@ -333,7 +349,9 @@ def test_malformed_flood_keeps_the_aggregator_up_and_dead_letters_every_bad_one(
     } <= set(reasons)
     as_roles = [t for t, _ in messages if t.split("/")[2] in ("viewer", "aggregator")]
     assert as_roles and reasons["reserved_device"] == len(as_roles)
-    assert count(db, "SELECT count(*) FROM devices WHERE device IN ('viewer', 'aggregator')") == 0
+    assert (
+        stored(db, lambda s: {d.device for d in s.list_devices()} & {"viewer", "aggregator"}, None) == set()
+    )
     envelope_rows = [d for d in letters if d.seq is None]
     assert all(d.payload for d in envelope_rows if d.reason not in ("malformed_json",))
 
@@ -367,16 +385,13 @@ def test_an_injected_spike_raises_exactly_one_episode_in_the_table_and_on_the_to
                     rows.append((seq, t0 + i, "sys", metric, value(metric, i), ""))
             agent.publish("pi-spike", "e1", rows)
         wait_for(lambda: agent.acked_count("pi-spike", "e1") == 2 * n, what="all readings confirmed")
-        wait_for(
-            lambda: count(db, "SELECT count(*) FROM alerts WHERE state = 'closed'") >= 1,
-            what="episode closed",
-        )
+        wait_for(lambda: alerts_in(db, state="closed") >= 1, what="episode closed")
         wait_for(lambda: len(events) >= 2, what="open and close on the alerts topic")
         agent.close()
     time.sleep(0.2)
     watcher.loop_stop()
     watcher.disconnect()
-    with Store(db) as store:
+    with open_store(db, readonly=True) as store:
         alerts = store.list_alerts(kind="anomaly")
     assert len(alerts) == 1, alerts
     (alert,) = alerts
@@ -400,10 +415,14 @@ def test_silent_device_and_last_will_raise_silent_alerts_that_close_on_return(
     with running(fast_config(broker, db, silent_after=0.6)):
         agent = FakeAgent(broker, "quiet")
         agent.publish("pi-quiet", "e1", rows_for([1], t0))
-        silent = "SELECT count(*) FROM alerts WHERE kind = 'silent' AND device = ? AND state = ?"
-        wait_for(lambda: count(db, silent, "pi-quiet", "open") == 1, what="silent alert")
+        wait_for(
+            lambda: alerts_in(db, kind="silent", device="pi-quiet", state="open") == 1, what="silent alert"
+        )
         agent.publish("pi-quiet", "e1", rows_for([2], t0))
-        wait_for(lambda: count(db, silent, "pi-quiet", "closed") == 1, what="silent alert closed")
+        wait_for(
+            lambda: alerts_in(db, kind="silent", device="pi-quiet", state="closed") == 1,
+            what="silent alert closed",
+        )
         # A connection that dies without DISCONNECT: the broker publishes its last will.
         from devices.model import Status, StatusEvent
 
@@ -415,14 +434,18 @@ def test_silent_device_and_last_will_raise_silent_alerts_that_close_on_return(
         dying.publish(wire.device_topic("pi-will", "status"), birth, qos=1, retain=True)
         dying.loop(timeout=0.5)
         wait_for(
-            lambda: count(db, "SELECT count(*) FROM devices WHERE device = 'pi-will'") == 1, what="birth"
+            lambda: stored(db, lambda s: "pi-will" in {d.device for d in s.list_devices()}, False),
+            what="birth",
         )
         sock = dying.socket()
         assert sock is not None
         sock.close()  # no DISCONNECT packet
-        wait_for(lambda: count(db, silent, "pi-will", "open") == 1, what="silent alert from the will")
+        wait_for(
+            lambda: alerts_in(db, kind="silent", device="pi-will", state="open") == 1,
+            what="silent alert from the will",
+        )
         agent.close()
-    with Store(db) as store:
+    with open_store(db, readonly=True) as store:
         device = store.device("pi-will")
         assert device.online is False and device.status_event == "will"
 
@@ -496,19 +519,19 @@ def test_after_a_broker_outage_readings_are_stored_and_confirmed_within_seconds(
         broker.stop()
         wait_for(lambda: not aggregator.connected.is_set(), what="the aggregator to notice")
         time.sleep(15)
-        stored_before = count(db, "SELECT count(*) FROM readings")
+        stored_before = readings_in(db)
         confirmed_before = agent.outbox.counters()["confirmed"]
         broker.start()
         back = time.monotonic()
         wait_for(aggregator.connected.is_set, 30, "the aggregator to reconnect")
         reconnected = time.monotonic() - back
-        wait_for(lambda: count(db, "SELECT count(*) FROM readings") > stored_before, 30, "a stored reading")
-        stored = time.monotonic() - back
+        wait_for(lambda: readings_in(db) > stored_before, 30, "a stored reading")
+        stored_after = time.monotonic() - back
         wait_for(lambda: agent.outbox.counters()["confirmed"] > confirmed_before, 30, "a confirmation")
         confirmed = time.monotonic() - back
     assert reconnected <= defaults.reconnect_cap + 2.0, reconnected
-    assert stored <= 4.0 + defaults.reconnect_cap + 2.0, stored
-    assert confirmed <= stored + defaults.ack_interval + 2.0, (stored, confirmed)
+    assert stored_after <= 4.0 + defaults.reconnect_cap + 2.0, stored_after
+    assert confirmed <= stored_after + defaults.ack_interval + 2.0, (stored_after, confirmed)
 
 
 def _fill(directory: Path) -> Path:
@@ -559,7 +582,7 @@ def test_a_full_disk_under_the_store_confirms_nothing_unstored_and_resumes(
         assert agent.acked_count("pi-full", "e1") == 2100
         assert agent.premature == []  # never an ack for a reading not committed
         agent.close()
-    assert count(db, "SELECT count(*) FROM readings") == 2100
+    assert readings_in(db) == 2100
     messages = [r.getMessage() for r in caplog.records]
     assert sum("confirming nothing" in m for m in messages) == 1
     assert any("writable again" in m for m in messages)

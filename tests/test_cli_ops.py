@@ -23,21 +23,24 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from typer.testing import CliRunner
 
+from cloud.store.api import Store, open_store
 from devices import wire
 from devices.model import Status, StatusEvent
 from edgewatch.app import app
+from tests.conftest import STORE_BACKENDS
 from tests.mosquitto import Mosquitto
-from tests.test_aggregator import FakeAgent, count, wait_for
+from tests.test_aggregator import FakeAgent, wait_for
 
 pytestmark = pytest.mark.broker
+T = TypeVar("T")
 
 runner = CliRunner()
 N = 400  # readings per metric per device (1 s apart)
@@ -62,7 +65,7 @@ DEAD = [
 
 @dataclass(frozen=True)
 class Fleet:
-    db: Path
+    db: str  # a SQLite path or a postgresql:// URL
     config: Path
     t0: float
     workdir: Path
@@ -119,12 +122,22 @@ def _settle(agent: FakeAgent, expected: dict[str, int]) -> None:
     raise AssertionError(f"not all readings confirmed: {agent.acked}")
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def _stored(db: str, what: Callable[[Store], T]) -> T:
+    with open_store(db, readonly=True) as store:
+        return what(store)
+
+
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Once per store backend: every operator command is tested on SQLite and on PostgreSQL."""
     work = tmp_path_factory.mktemp("fleet")
     mq = Mosquitto(work / "broker")
     mq.start()
-    db, config, log = work / "cloud.db", work / "aggregator.toml", work / "aggregator.log"
+    config, log = work / "aggregator.toml", work / "aggregator.log"
+    if request.param == "sqlite":
+        db = str(work / "cloud.db")
+    else:
+        db = request.getfixturevalue("postgres_server").create_database()
     config.write_text(
         "[aggregator]\n"
         f'broker = "{mq.url}"\n'
@@ -157,17 +170,20 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         _settle(agent, sent)
         for topic, payload in DEAD:
             agent.publish_raw(topic, payload)
-        wait_for(lambda: count(db, "SELECT count(*) FROM dead_letter") == len(DEAD), what="dead letters")
+        dead = lambda s: sum(s.dead_letter_counts().values())  # noqa: E731
+        wait_for(lambda: _stored(db, dead) == len(DEAD), what="dead letters")
         _status(agent, "f-2", StatusEvent.BIRTH)
-        wait_for(
-            lambda: count(db, "SELECT count(*) FROM devices WHERE status_event = 'birth'") == 2, what="births"
-        )
+        births = lambda s: sum(d.status_event == "birth" for d in s.list_devices())  # noqa: E731
+        wait_for(lambda: _stored(db, births) == 2, what="births")
         _status(agent, "f-2", StatusEvent.WILL)
-        alerts = "SELECT count(*) FROM alerts WHERE device = ? AND kind = ? AND state = ?"
-        wait_for(lambda: count(db, alerts, "f-0", "anomaly", "closed") == 1, what="f-0 episode closed")
-        wait_for(lambda: count(db, alerts, "f-1", "anomaly", "open") == 1, what="f-1 episode open")
-        wait_for(lambda: count(db, alerts, "f-2", "silent", "open") == 1, what="f-2 silent")
-        wait_for(lambda: count(db, "SELECT count(*) FROM alert_outbox") == 0, what="alerts published")
+
+        def alerts(device: str, kind: str, state: str) -> int:
+            return len(_stored(db, lambda s: s.list_alerts(device=device, kind=kind, state=state)))
+
+        wait_for(lambda: alerts("f-0", "anomaly", "closed") == 1, what="f-0 episode closed")
+        wait_for(lambda: alerts("f-1", "anomaly", "open") == 1, what="f-1 episode open")
+        wait_for(lambda: alerts("f-2", "silent", "open") == 1, what="f-2 silent")
+        wait_for(lambda: _stored(db, lambda s: s.pending_publications()) == [], what="alerts published")
         yield Fleet(db, config, t0, work)
     finally:
         if agent is not None:
@@ -211,8 +227,8 @@ def test_alerts_list_json_has_every_alert_newest_first_with_unix_and_iso_times(f
         ("f-1", "anomaly", "open"),
         ("f-0", "anomaly", "closed"),
     ]
-    with sqlite3.connect(fleet.db) as conn:
-        stored = dict(conn.execute("SELECT device, alert_id FROM alerts").fetchall())
+    with open_store(fleet.db, readonly=True) as store:
+        stored = {a.device: a.alert_id for a in store.list_alerts()}
     assert {a["device"]: a["alert_id"] for a in alerts} == stored
     f0, f1 = alerts[2], alerts[1]
     assert f0["start"] == pytest.approx(fleet.t0 + SPIKE_F0)
@@ -500,8 +516,10 @@ def test_read_only_store_refuses_writes(fleet: Fleet) -> None:
             store.ack_alert(alert.alert_id, now=time.time())
 
 
-def _copy_of(db: Path, where: Path) -> Path:
+def _copy_of(db: str, where: Path) -> Path:
     """A consistent copy of the live store (SQLite's backup API), closed: no -wal, no -shm."""
+    if "://" in db:
+        pytest.skip("about a SQLite file: a PostgreSQL operator's read-only open is its own session")
     where.mkdir(parents=True, exist_ok=True)
     copy = where / "copy.db"
     src, dst = sqlite3.connect(db), sqlite3.connect(copy)

@@ -11,7 +11,6 @@ import json
 import math
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from cloud.store.api import open_store
 from devices import wire
 from devices.model import AlertEvent, AlertKind, AlertState
 from tests.mosquitto import Mosquitto
@@ -74,11 +74,10 @@ def test_follow_prints_the_alert_the_aggregator_raises(broker: Mosquitto, tmp_pa
                 wait_for(lambda: "CLOSED" in out.read_text(), what="OPEN and CLOSED lines of f-live's alert")
             finally:
                 agent.close()
-        with sqlite3.connect(db) as conn:
-            alert_id, start = conn.execute(
-                "SELECT alert_id, start FROM alerts WHERE device = 'f-live'"
-            ).fetchone()
-            assert conn.execute("SELECT count(*) FROM alerts WHERE device = 'f-other'").fetchone()[0] == 1
+        with open_store(db, readonly=True) as store:
+            (live,) = store.list_alerts(device="f-live")
+            alert_id, start = live.alert_id, live.start
+            assert len(store.list_alerts(device="f-other")) == 1
         assert start == pytest.approx(t0 + 250)
         lines = out.read_text().splitlines()
         assert len(lines) == 2, lines

@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 import pytest
 
+from cloud.errors import StoreError
 from cloud.provision.bundles import ProvisionResult, Role, provision
+from cloud.store.api import Store, open_store
 from devices import wire
 from edge.errors import OutboxError
 from edge.outbox import OutboxStats, read_stats
 from tests.agent_helpers import outbox_seqs
 from tests.confirmer import Confirmer, wait_for
 from tests.deploy_helpers import Client, ProductionBroker, make_ca
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.broker
 
@@ -125,27 +129,22 @@ def test_agent_delivers_over_tls_with_provisioned_credentials(
     confirmer.stop()
 
 
-def _query(db: Path, sql: str, *params: str) -> list[tuple[object, ...]]:
-    """Read the aggregator's database while it runs: read-only, never migrating (that is its job)."""
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+def _read(db: Path, what: Callable[[Store], T], default: T) -> T:
+    """Read the aggregator's store while it runs, through the read model: read-only, never
+    migrating (that is its job); `default` until the aggregator has created it."""
     try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:  # schema not created yet
-        return []
-    finally:
-        conn.close()
+        with open_store(db, readonly=True) as store:
+            return what(store)
+    except StoreError:
+        return default
 
 
 def _count(db: Path, device: str | None = None) -> int:
-    sql = "SELECT count(*) FROM readings r JOIN sources s ON s.id = r.source_id"
-    rows = _query(db, sql + " WHERE s.device = ?", device) if device else _query(db, sql)
-    return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
+    return _read(db, lambda s: s.count_readings(device), 0)
 
 
 def _dead(db: Path) -> dict[str, int]:
-    return {str(r): int(n) for r, n in _query(db, "SELECT reason, count(*) FROM dead_letter GROUP BY reason")}  # type: ignore[call-overload]
+    return _read(db, lambda s: s.dead_letter_counts(), {})
 
 
 def test_agent_to_aggregator_end_to_end_over_tls(broker: ProductionBroker, tmp_path: Path) -> None:

@@ -198,3 +198,11 @@ def test_default_beats_the_river_baselines_on_a_small_labelled_fleet() -> None:
         assert best.false_alarms < results[baseline].false_alarms, baseline
     assert best.recall > 0.75
     assert best.false_alarms_per_stream_day < 1.0
+
+
+def test_an_empty_label_file_is_no_events_not_an_error(tmp_path: Path) -> None:
+    """A demo stopped before its first fault began leaves an empty label file."""
+    empty = tmp_path / "labels.jsonl"
+    empty.write_text("")
+    assert load_windows(empty) == []
+    assert evaluate(load_windows(empty), [], stream_days=1.0).events == 0

@@ -185,3 +185,23 @@ def test_a_version_1_store_migrates_keeping_history_windows_and_the_checkpoint(t
         assert (watermark, state.watermark) == (1, 1)  # message 1 was processed, message 2 was not
         assert [(r.message_id, r.ts) for r in store.readings_after(watermark)] == [(2, T0 + 3), (2, T0 + 4)]
         assert store.message_totals().stored == 4
+
+
+def test_a_sqlite_url_names_the_same_file_as_its_path(tmp_path: Path) -> None:
+    from cloud.store.api import open_store
+
+    path = tmp_path / "cloud.db"
+    with open_store(f"sqlite:///{path}", readonly=False, create=True) as store, store.transaction():
+        store.insert_alert(alert("a1", "pi-1", start=T0))  # sqlite:////abs/path
+    with open_store(path, readonly=True) as store:
+        assert [a.alert_id for a in store.list_alerts()] == ["a1"]
+
+
+def test_an_unreachable_postgresql_is_a_store_error_that_shows_no_password() -> None:
+    from cloud.store.api import open_store
+    from tests.mosquitto import free_port
+
+    url = f"postgresql://edgewatch:s3cret@127.0.0.1:{free_port()}/edgewatch"  # nothing listens there
+    with pytest.raises(StoreError) as caught:
+        open_store(url, readonly=True)
+    assert "s3cret" not in str(caught.value) and "edgewatch@127.0.0.1" in str(caught.value)

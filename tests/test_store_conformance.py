@@ -17,7 +17,7 @@ from cloud.errors import NotFound, StoreError
 from cloud.ingest.pipeline import DeadLetter, Inbound, Pipeline, PipelineSettings, decode_inbound
 from cloud.store.api import AlertRecord, ReadingsItem, ReplayedAlert, Store, open_store
 from devices import wire
-from devices.model import Status, StatusEvent
+from devices.model import Ack, Status, StatusEvent
 
 T0 = 1_750_000_000.0
 DAY = 86_400.0
@@ -388,3 +388,51 @@ def test_status_and_presence(store: Store) -> None:
     assert store.status_times() == {"pi-1": T0 + 2}
     with pytest.raises(NotFound):
         store.get_alert("nothing-here")
+
+
+def test_a_message_spanning_days_is_stored_whole(store: Store) -> None:
+    """Readings of one message on three days (a backlog, or a clock fixed mid-message)."""
+    rows = [
+        (1, T0 + 2 * DAY, "sys", "temp", 1.0, "C"),
+        (2, T0, "sys", "temp", 2.0, "C"),
+        (3, T0 + DAY, "sys", "temp", 3.0, "C"),
+    ]
+    payload = wire.encode_readings("pi-1", "e1", rows, sent_at=T0 + 2 * DAY, msg_id="span")
+    with store.transaction():
+        (done,) = store.store_messages(
+            [item(Inbound(wire.device_topic("pi-1", "backfill"), payload, T0 + 2 * DAY))]
+        )
+    assert len(done.new) == 3
+    assert [r.seq for r in store.readings("pi-1", "temp")] == [2, 3, 1]
+
+
+def test_a_dropped_database_session_costs_one_batch_not_the_aggregator(
+    store_url: str, threshold: str
+) -> None:
+    """PostgreSQL restarts, fails over, or kills our backend: the batch in flight fails (nothing
+    confirmed, so it is resent), the next one finds a new session, ownership taken again."""
+    if "://" not in store_url:
+        pytest.skip("a SQLite file has no session to lose")
+    import psycopg
+
+    with open_store(store_url, readonly=False, create=True) as store:
+        store.acquire_ownership()
+        pipeline = Pipeline(store, SETTINGS, now=T0)
+        assert pipeline.ingest([readings("pi-1", range(1, 11))], T0).stored == 10
+        with psycopg.connect(store_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(StoreError):
+            pipeline.ingest([readings("pi-1", range(11, 21))], T0 + 1)
+        assert pipeline.acks_due(T0 + 10) == [
+            Ack("pi-1", "e1", ((1, 10),))
+        ]  # the failed batch: not confirmed
+        report = pipeline.ingest([readings("pi-1", range(11, 21))], T0 + 2)  # the agent's resend
+        assert report.stored == 10 and store.count_readings() == 20
+        with (
+            open_store(store_url, readonly=False, create=True) as rival,
+            pytest.raises(StoreError, match="another"),
+        ):
+            rival.acquire_ownership()  # the new session holds the lock again

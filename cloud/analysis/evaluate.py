@@ -320,6 +320,8 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read ({exc})") from None
     stripped = text.lstrip()
+    if not stripped:  # e.g. a demo stopped before its first fault began: no labels, no episodes
+        return
     if stripped.startswith("{"):
         try:
             doc = json.loads(text)

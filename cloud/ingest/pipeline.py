@@ -3,8 +3,9 @@
 `decode_inbound` is pure: (topic, payload, received_at) in, one work item out (readings, a
 status, or a dead letter with its reason). It never raises on bad input.
 
-`Pipeline` runs a batch of items through the store in ONE transaction: readings are inserted
-with INSERT OR IGNORE (duplicates counted, not stored), bad ones dead-lettered, new live
+`Pipeline` runs a batch of items through the store (any `cloud.store.api.Store`) in ONE
+transaction: the batch's readings messages are written with one store call that says which
+readings were new (duplicates counted, not stored), bad ones dead-lettered, new live
 readings scored and learned by their stream's detector, backfilled ones only scored (so a
 drained backlog cannot corrupt the live state), and episode transitions written as alerts plus
 an alert outbox row in the same transaction. Only after COMMIT are the readings' seqs handed to

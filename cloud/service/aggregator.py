@@ -182,13 +182,17 @@ class Aggregator:
             await _cancel([serving, stopping])
 
     async def _serve(self, stop: asyncio.Event) -> None:
-        async with self._client() as client:
-            client.pending_calls_threshold = 1 << 30  # we publish many acks at once
-            await client.subscribe(SUBSCRIPTIONS)
-            log.info("connected to %s as %s", self.url.redacted(), self.config.client_id)
-            self.metrics.connected.set(1)
-            self.connected.set()
-            await self._session(client, stop)
+        client = self._client()
+        try:
+            async with client:
+                client.pending_calls_threshold = 1 << 30  # we publish many acks at once
+                await client.subscribe(SUBSCRIPTIONS)
+                log.info("connected to %s as %s", self.url.redacted(), self.config.client_id)
+                self.metrics.connected.set(1)
+                self.connected.set()
+                await self._session(client, stop)
+        finally:
+            _retrieve_disconnect(client)
 
     def _client(self) -> aiomqtt.Client:
         url, config = self.url, self.config
@@ -302,8 +306,12 @@ class Aggregator:
             await self._ingest(batch)
 
     async def _ingest(self, batch: Sequence[Inbound]) -> None:
+        # A database server does the insert in its own process: on the worker thread (psycopg
+        # waits without the GIL) the loop keeps receiving; SQLite's batch is cheapest right here.
+        assert self._store is not None
+        call = self._call_slow if self._store.waits_on_server else self._call
         try:
-            report = await self._call(self.pipeline.ingest, batch, time.time())
+            report = await call(self.pipeline.ingest, batch, time.time())
         except StoreError as exc:
             # Rolled back and nothing confirmed: the agents keep their readings and resend them.
             self.metrics.store_errors.inc()
@@ -426,6 +434,16 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
+
+
+def _retrieve_disconnect(client: aiomqtt.Client) -> None:
+    """Mark aiomqtt's disconnect future as seen. After an unexpected disconnection (the broker
+    went away) its `__aexit__` returns without reading that future's exception, and asyncio
+    later logs "Future exception was never retrieved" as an ERROR: the disconnect itself was
+    already handled here (reconnect with back-off, or stop)."""
+    future = getattr(client, "_disconnected", None)
+    if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+        future.exception()
 
 
 def _requeue(pipeline: Pipeline, acks: Sequence[Ack]) -> None:

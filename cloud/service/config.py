@@ -5,7 +5,7 @@ A file holds one `[aggregator]` table whose keys are the field names of `Aggrega
     [aggregator]
     broker = "mqtts://aggregator:secret@broker.example:8883"
     ca_file = "/etc/edgewatch/ca.pem"
-    db = "/var/lib/edgewatch/cloud.db"
+    db = "/var/lib/edgewatch/cloud.db"     # or "postgresql://edgewatch:secret@db.example/edgewatch"
     metrics_port = 9108
     detector = "default"
     retention_days = 30
@@ -35,7 +35,7 @@ class AggregatorConfig:
     """Everything `edgewatch cloud run` needs; the defaults suit a fleet reporting every ~10 s."""
 
     broker: str = "mqtt://127.0.0.1:1883"
-    db: str = "edgewatch-cloud.db"
+    db: str = "edgewatch-cloud.db"  # a SQLite path or a postgresql:// URL (cloud.store.api.open_store)
     ca_file: str | None = None  # CA bundle for mqtts://; None uses the system store
     client_id: str = DEFAULT_CLIENT_ID  # stable, so the broker keeps our session while we are away
     keepalive: int = 30

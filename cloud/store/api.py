@@ -13,11 +13,13 @@ The roles, each a Protocol, that one store object plays:
                       readings were new (ids come from the database, never from arithmetic);
                       dead letters, statuses, alerts and the alert outbox
     CheckpointStore   detector and episode state per series, each with its own watermark (the
-                      last message whose readings it had processed), and the readings past it
+                      last message whose readings it had processed), the owner's watermark,
+                      and the readings past them
     RetentionStore    history older than a cut, dropped
     ReadModel         the operator's queries (alerts, devices, gaps, readings, dead letters)
                       and the offline replay's history and result sets
-    OwnedStore        who may write: one aggregator per store today (SQLite: a file lock)
+    OwnedStore        who may write: one aggregator per store (SQLite: a lock file,
+                      PostgreSQL: a session advisory lock)
     LeaseStore        several aggregators sharing partitions: leases with fencing (PostgreSQL)
 
 Records are frozen slotted dataclasses. Timestamps are unix seconds.
@@ -314,6 +316,10 @@ class ClusterView:
 
 class IngestStore(Protocol):
     """The aggregator's write path. Write methods run inside `transaction()`."""
+
+    waits_on_server: bool
+    """True when a batch's write waits on another process (a database server): the service then
+    runs batches on its worker thread, and keeps receiving meanwhile."""
 
     def transaction(self) -> AbstractContextManager[None]:
         """One atomic write; on any error it rolls back and raises StoreError."""

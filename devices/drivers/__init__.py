@@ -20,6 +20,8 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "ds18b20": "devices.drivers.ds18b20:DS18B20Driver",
     "bme280": "devices.drivers.bme280:BME280Driver",
     "command": "devices.drivers.command:CommandDriver",
+    "modbus": "devices.drivers.modbus:ModbusDriver",
+    "opcua": "devices.drivers.opcua:OpcUaDriver",
 }
 ENTRY_POINT_GROUP = "edgewatch.drivers"
 

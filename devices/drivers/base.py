@@ -42,3 +42,11 @@ def path_param(driver: str, params: Mapping[str, Any], key: str, default: str) -
     if not isinstance(value, str | Path) or not str(value):
         raise DriverConfigError(f"{driver}: param {key!r} must be a path, got {value!r}")
     return Path(value)
+
+
+@runtime_checkable
+class DescribesReads(Protocol):
+    """A driver that can show what its last read got before conversion to measurements (raw
+    register words, node data types); `edgewatch agent sample` prints it under the values."""
+
+    def describe_last_read(self) -> list[str]: ...

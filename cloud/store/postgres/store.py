@@ -7,23 +7,24 @@ message ids from a sequence (one round trip a batch), and readings partitioned b
 keyed by (source_id, seq, ts) (see 0001_initial.sql for why ts is in the key).
 
 The hot path, one transaction per batch: COPY the batch's readings into a temporary staging
-table, then one `INSERT ... SELECT ... ORDER BY pos ON CONFLICT DO NOTHING RETURNING pos`: the
-positions returned are exactly the readings that were new (a duplicate within the batch loses
-to its first occurrence, as in SQLite). Retention drops whole day partitions older than the cut.
-Ownership is a session advisory lock: one aggregator writes a store at a time.
+table, then one `INSERT ... SELECT ... ORDER BY message_id, pos ON CONFLICT DO NOTHING` that
+returns how many were new; when that is fewer than the batch, one more query names the staged
+rows that were not stored (a duplicate within the batch loses to its first occurrence, as in
+SQLite). Retention drops whole day partitions older than the cut. Ownership is a session
+advisory lock: one aggregator writes a store at a time; a session the server dropped is
+replaced before the next use. The read model is `queries.PostgresReadModel`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from importlib import resources
-from typing import Any, Final, ParamSpec, Self, TypeVar
+from typing import Any, Final, Self
 
 import psycopg
 from psycopg import sql as pgsql
@@ -31,48 +32,33 @@ from psycopg import sql as pgsql
 from cloud.errors import LeaseLost, NotFound, SchemaTooNew, StoreError, StoreFull
 from cloud.store.api import (
     MAX_DEAD_PAYLOAD,
-    REPLAY_SET,
     STATUS_COUNTERS,
     AlertRecord,
     ClusterView,
     DeadLetter,
-    DeadLetterRecord,
-    DeviceRecord,
-    EpochCompleteness,
     Lease,
     Member,
-    MessageRecord,
-    MessageTotals,
     Presence,
     ReadingsItem,
-    ReplayedAlert,
     ReplayRow,
     SeriesInfo,
     StoredMessage,
-    StoredReading,
     StreamCheckpoint,
     redacted,
 )
-
-P = ParamSpec("P")
-T = TypeVar("T")
+from cloud.store.postgres.queries import PostgresReadModel, translated
 
 DAY: Final = 86_400.0
 _NOW: Final = "extract(epoch from clock_timestamp())::double precision"
 OWNER: Final = "aggregator"
 LOCK_KEY: Final = "edgewatch:aggregator"
 _ALERT_COLUMNS: Final = tuple(f.name for f in fields(AlertRecord))
-_ALERT_SELECT: Final = "SELECT " + ", ".join(f'"{c}"' for c in _ALERT_COLUMNS) + " FROM alerts"  # noqa: S608
 _ALERT_INSERT: Final = (
     "INSERT INTO alerts ("  # noqa: S608 - column names from the dataclass
     + ", ".join(f'"{c}"' for c in _ALERT_COLUMNS)
     + ") VALUES ("
     + ", ".join(["%s"] * len(_ALERT_COLUMNS))
     + ") ON CONFLICT (alert_id) DO NOTHING"
-)
-_MESSAGE_SELECT: Final = "SELECT " + ", ".join(f.name for f in fields(MessageRecord)) + " FROM messages"  # noqa: S608
-_REPLAYED_SELECT: Final = (
-    "SELECT " + ", ".join(f'"{f.name}"' for f in fields(ReplayedAlert)) + f" FROM {REPLAY_SET}"  # noqa: S608
 )
 _STAGING: Final = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS staging (pos integer, source_id bigint, seq bigint, "
@@ -101,32 +87,33 @@ def migrations() -> list[tuple[int, str]]:
 SCHEMA_VERSION: Final = len(migrations())
 
 
-def _translated(fn: Callable[P, T]) -> Callable[P, T]:
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except psycopg.Error as exc:
-            raise StoreError(f"{fn.__name__} failed: {exc}") from exc
-
-    return wrapper
-
-
 def _day(ts: float) -> int:
     return math.floor(ts / DAY)
 
 
-class PostgresStore:
+class PostgresStore(PostgresReadModel):
     """One database. Write methods run inside `transaction()`; queries may run anytime.
 
     Not thread-safe, like the SQLite store: one connection, driven by one thread at a time.
     """
 
+    waits_on_server = True  # the insert runs in the server: receive meanwhile (see api)
+
     def __init__(self, url: str, *, create: bool = True, readonly: bool = False) -> None:
         self.url = url
         self.path = redacted(url)  # named in messages, as the SQLite store names its file
+        self.readonly = readonly
+        self._closed = False
+        self._in_transaction = False
+        self._owned = False
+        self._fence: tuple[Lease, ...] = ()  # leases every transaction checks (cluster mode)
+        self._staging_ready = False
+        self._partitions: set[int] = set()
+        self._sources: dict[tuple[str, str], int] = {}
+        self._series: dict[tuple[str, str, str], int] = {}
+        self._series_info: dict[int, SeriesInfo] = {}
         try:
-            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            self._session = psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to {self.path}: {exc}") from exc
         try:
@@ -152,20 +139,13 @@ class PostgresStore:
             if readonly:
                 self._conn.execute("SET default_transaction_read_only = on")
         except psycopg.Error as exc:
-            self._conn.close()
+            self._session.close()
             raise StoreError(f"cannot initialise database {self.path}: {exc}") from exc
         except StoreError:
-            self._conn.close()
+            self._session.close()
             raise
-        self._owned = False
-        self._fence: tuple[Lease, ...] = ()
-        self._in_transaction = False
-        self._staging_ready = False
-        self._partitions: set[int] = set()
-        self._sources: dict[tuple[str, str], int] = {}
-        self._series: dict[tuple[str, str, str], int] = {}
-        self._series_info: dict[int, SeriesInfo] = {}
-        self._load_ids()
+        if not readonly:  # an operator's read needs none of the writer's id caches
+            self._load_ids()
 
     def _version(self) -> int | None:
         exists = self._scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'edgewatch_schema'")
@@ -197,9 +177,26 @@ class PostgresStore:
             )
         }
 
-    def _scalar(self, query: str, params: Sequence[Any] = ()) -> int:
-        row = self._conn.execute(query.encode(), params).fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+    def _reconnect(self) -> None:
+        """A new session after the server dropped ours (a restart, a failover, a killed backend).
+
+        The advisory lock went with the old session: it is taken again, or this store refuses
+        to write (another aggregator got it meanwhile). Temporary tables went too.
+        """
+        with contextlib.suppress(psycopg.Error):
+            self._session.close()
+        try:
+            self._session = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            if self.readonly:
+                self._session.execute("SET default_transaction_read_only = on")
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot reconnect to {self.path}: {exc}") from exc
+        self._staging_ready = False
+        if self._owned:
+            self._owned = False
+            self.acquire_ownership()
+        if not self.readonly:
+            self._forget_ids()
 
     def acquire_ownership(self) -> None:
         """A session advisory lock: one aggregator writes this database (per partition, later)."""
@@ -213,8 +210,19 @@ class PostgresStore:
             raise StoreError(f"another aggregator is already running on this database ({self.path})")
         self._owned = True
 
+    @property
+    def _conn(self) -> psycopg.Connection[Any]:
+        """The session, replaced first if the server dropped it, except inside a transaction
+        (whose writes went with the old session: it fails, and the batch is resent)."""
+        session = self._session
+        if (session.closed or session.broken) and not self._closed and not self._in_transaction:
+            self._reconnect()
+            session = self._session
+        return session
+
     def close(self) -> None:
-        self._conn.close()  # ends the session: the advisory lock goes with it
+        self._closed = True
+        self._session.close()  # ends the session: the advisory lock goes with it
 
     def __enter__(self) -> Self:
         return self
@@ -227,6 +235,9 @@ class PostgresStore:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One atomic write; on any error it rolls back, forgets cached ids, raises StoreError.
+
+        A session the server dropped is replaced first, so a PostgreSQL restart costs the
+        batches written meanwhile (unconfirmed, so resent), not the aggregator.
 
         Inside `fenced(leases)` it first checks, in the same transaction, that every lease is
         still this member's, and holds them (FOR SHARE) until the commit: LeaseLost otherwise.
@@ -262,7 +273,7 @@ class PostgresStore:
 
     # -- partition leases (cloud/partitions) ----------------------------------------------------
 
-    @_translated
+    @translated
     def join_cluster(self, member: str, ttl: float) -> ClusterView:
         """Heartbeat as a live member for `ttl` seconds; the view as of the database's clock.
 
@@ -278,11 +289,11 @@ class PostgresStore:
         )
         return self.cluster_view()
 
-    @_translated
+    @translated
     def leave_cluster(self, member: str) -> None:
         self._conn.execute("DELETE FROM cluster_members WHERE member = %s", (member,))
 
-    @_translated
+    @translated
     def cluster_view(self) -> ClusterView:
         now = float(self._conn.execute(f"SELECT {_NOW}".encode()).fetchone()[0])  # type: ignore[index]
         members = tuple(
@@ -299,7 +310,7 @@ class PostgresStore:
         )
         return ClusterView(now, members, leases)
 
-    @_translated
+    @translated
     def acquire_lease(self, partition: int, member: str, ttl: float) -> Lease | None:
         """Take a free or expired partition (its epoch + 1); None if another member holds it."""
         with self._conn.transaction():
@@ -319,7 +330,7 @@ class PostgresStore:
             self._event(lease, "acquired")
             return lease
 
-    @_translated
+    @translated
     def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
         """Extend a lease still held (same owner and epoch, not expired); None if it was lost."""
         row = self._conn.execute(
@@ -329,7 +340,7 @@ class PostgresStore:
         ).fetchone()
         return None if row is None else Lease(lease.partition, lease.owner, lease.epoch, float(row[0]))
 
-    @_translated
+    @translated
     def release_lease(self, lease: Lease) -> None:
         """Give a partition up at once (a member rebalancing or stopping), if still held."""
         with self._conn.transaction():
@@ -348,7 +359,7 @@ class PostgresStore:
             (lease.owner, event, lease.partition, lease.epoch),
         )
 
-    @_translated
+    @translated
     def last_rebalance(self) -> float | None:
         row = self._conn.execute("SELECT max(at) FROM cluster_events").fetchone()
         return None if row is None or row[0] is None else float(row[0])
@@ -406,9 +417,22 @@ class PostgresStore:
         return sid
 
     def find_series(self, device: str, sensor: str, metric: str) -> int | None:
+        if self.readonly:
+            sid = self._scalar(
+                "SELECT id FROM series WHERE device = %s AND sensor = %s AND metric = %s",
+                (device, sensor, metric),
+            )
+            return sid or None
         return self._series.get((device, sensor, metric))
 
     def series_info(self, series_id: int) -> SeriesInfo:
+        if self.readonly:
+            row = self._conn.execute(
+                "SELECT id, device, sensor, metric, unit FROM series WHERE id = %s", (series_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"series {series_id} does not exist")
+            return SeriesInfo(int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4] or ""))
         info = self._series_info.get(series_id)
         if info is None:  # made by another writer (cluster members share the store): look again
             self._load_ids()
@@ -417,6 +441,9 @@ class PostgresStore:
 
     def _ensure_partitions(self, days: Iterable[int]) -> None:
         for day in sorted(set(days) - self._partitions):
+            # Several writers (cluster members) may create the same day at once; IF NOT EXISTS
+            # alone races in the catalog, so they queue on a lock held to their commit.
+            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('edgewatch:readings_d' || %s))", (day,))
             self._conn.execute(
                 pgsql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} PARTITION OF readings FOR VALUES FROM ({}) TO ({})"
@@ -429,7 +456,7 @@ class PostgresStore:
             self._partitions.add(day)
 
     def store_messages(self, items: Sequence[ReadingsItem]) -> list[StoredMessage]:
-        """COPY into staging, one INSERT ... ON CONFLICT DO NOTHING RETURNING pos, then the rest."""
+        """COPY into staging, one INSERT ... ON CONFLICT DO NOTHING counting the new, then the rest."""
         conn = self._conn
         if not items:
             return []
@@ -460,9 +487,14 @@ class PostgresStore:
                 append((pos, src, r.seq, r.ts, sid, r.value, mid, late))
             if item.accepted:
                 tss = [r.ts for r in item.accepted]
-                days.update(range(_day(min(tss)), _day(max(tss)) + 1))
+                first, last = _day(min(tss)), _day(max(tss))
+                if first == last:  # nearly always: a message spans seconds
+                    days.add(first)
+                else:  # only the days that hold a reading (a bad clock must not make years of them)
+                    days.update(_day(ts) for ts in tss)
             spans.append((src, start, len(rows)))
-        fresh: set[tuple[int, int]] = set()
+        duplicates: set[tuple[int, int]] = set()  # (message_id, pos) of readings not stored
+        inserted = 0
         if rows:
             self._ensure_partitions(days)
             with conn.cursor() as cur:
@@ -473,22 +505,32 @@ class PostgresStore:
                     copy.set_types(_STAGING_TYPES)
                     for row in rows:
                         copy.write_row(row)
-                # In arrival order: of two equal keys in one batch, the first is stored.
+                # In arrival order: of two equal keys in one batch, the first is stored. Only the
+                # count comes back (returning 120k rows a batch cost more than the insert's
+                # Python side); a batch with duplicates then asks which rows they were.
                 cur.execute(
-                    "INSERT INTO readings (source_id, seq, ts, series_id, value, message_id, pos, late) "
+                    "WITH ins AS (INSERT INTO readings "
+                    "(source_id, seq, ts, series_id, value, message_id, pos, late) "
                     "SELECT source_id, seq, ts, series_id, value, message_id, pos, late FROM staging "
-                    "ORDER BY message_id, pos ON CONFLICT DO NOTHING RETURNING message_id, pos"
+                    "ORDER BY message_id, pos ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM ins"
                 )
-                fresh = {(int(m), int(p)) for m, p in cur.fetchall()}
+                counted = cur.fetchone()
+                inserted = int(counted[0]) if counted else 0
+                if inserted < len(rows):
+                    cur.execute(
+                        "SELECT s.message_id, s.pos FROM staging s "
+                        "WHERE NOT EXISTS (SELECT 1 FROM readings r WHERE r.source_id = s.source_id "
+                        "AND r.seq = s.seq AND r.ts = s.ts AND r.message_id = s.message_id AND r.pos = s.pos)"
+                    )
+                    duplicates = set(cur.fetchall())
         out: list[StoredMessage] = []
         messages: list[tuple[Any, ...]] = []
         sources: dict[int, list[float]] = {}
         devices: dict[str, list[float]] = {}
-        everything_new = len(fresh) == len(rows)
         for mid, item, (src, start, end) in zip(mids, items, spans, strict=True):
             mine = rows[start:end]
-            if not everything_new:
-                mine = [r for r in mine if (mid, r[0]) in fresh]
+            if duplicates:
+                mine = [r for r in mine if (mid, r[0]) not in duplicates]
             stored = len(mine)
             rejected = self.insert_dead_letters(item.dead) if item.dead else 0
             msg = item.batch
@@ -629,7 +671,7 @@ class PostgresStore:
         assert row is not None
         return int(row[0])
 
-    @_translated
+    @translated
     def pending_publications(self, limit: int = 1000) -> list[tuple[int, str, bytes]]:
         return [
             (int(i), str(d), bytes(p))
@@ -641,7 +683,7 @@ class PostgresStore:
     def delete_publications(self, ids: Iterable[int]) -> None:
         self._conn.execute("DELETE FROM alert_outbox WHERE id = ANY(%s)", (list(ids),))
 
-    @_translated
+    @translated
     def presence(self) -> list[Presence]:
         return [
             Presence(str(d), ls, bool(o), str(e or ""))
@@ -650,7 +692,7 @@ class PostgresStore:
             )
         ]
 
-    @_translated
+    @translated
     def status_times(self) -> dict[str, float]:
         return {
             str(d): float(t)
@@ -676,7 +718,7 @@ class PostgresStore:
                 [(f"watermark:{OWNER}", float(watermark)), ("saved_at", now)],
             )
 
-    @_translated
+    @translated
     def load_checkpoint(self) -> tuple[int, list[StreamCheckpoint]]:
         watermark = self._scalar("SELECT value FROM checkpoint WHERE key = %s", (f"watermark:{OWNER}",))
         streams = [
@@ -697,7 +739,7 @@ class PostgresStore:
         )
         self._conn.execute("DELETE FROM detector_state WHERE series_id = %s", (cp.series_id,))
 
-    @_translated
+    @translated
     def rejected_checkpoints(self) -> list[tuple[int, str, str, float]]:
         return [
             (int(i), str(d), str(r), float(t))
@@ -779,376 +821,3 @@ class PostgresStore:
             "DELETE FROM alerts WHERE start < %s AND state = 'closed'", (older_than,)
         ).rowcount
         return counts
-
-    # -- queries --------------------------------------------------------------------------------
-
-    @_translated
-    def list_alerts(
-        self,
-        *,
-        device: str | None = None,
-        state: str | None = None,
-        kind: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        acked: bool | None = None,
-        late: bool | None = None,
-        limit: int = 100,
-    ) -> list[AlertRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("device", device), ("state", state), ("kind", kind)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
-        if since is not None:
-            where.append("start >= %s")
-            params.append(since)
-        if until is not None:
-            where.append("start < %s")
-            params.append(until)
-        if acked is not None:
-            where.append("acked_at IS NOT NULL" if acked else "acked_at IS NULL")
-        if late is not None:
-            where.append("late = %s")
-            params.append(late)
-        return self._alerts(where, params, limit)
-
-    @_translated
-    def find_alerts(
-        self,
-        *,
-        since: float | None = None,
-        device: str | None = None,
-        metric: str | None = None,
-        severity: str | None = None,
-        state: str | None = None,
-        kind: str | None = None,
-        limit: int = 100,
-    ) -> list[AlertRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (
-            ("device", device),
-            ("metric", metric),
-            ("severity", severity),
-            ("state", state),
-            ("kind", kind),
-        ):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
-        if since is not None:
-            where.append("(state = 'open' OR coalesce(\"end\", start) >= %s)")
-            params.append(since)
-        return self._alerts(where, params, limit)
-
-    def _alerts(self, where: list[str], params: list[Any], limit: int) -> list[AlertRecord]:
-        query = _ALERT_SELECT
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY start DESC, alert_id LIMIT %s"
-        return [_alert(r) for r in self._conn.execute(query.encode(), [*params, min(limit, 1 << 62)])]
-
-    @_translated
-    def get_alert(self, alert_id: str) -> AlertRecord:
-        rows = self._conn.execute(_ALERT_SELECT + " WHERE alert_id = %s", (alert_id,)).fetchall()
-        if not rows and len(alert_id) >= 6:
-            rows = self._conn.execute(
-                _ALERT_SELECT + " WHERE starts_with(alert_id, %s) ORDER BY alert_id LIMIT 2", (alert_id,)
-            ).fetchall()
-        if len(rows) != 1:
-            why = "is ambiguous" if rows else "does not exist"
-            raise NotFound(f"alert {alert_id!r} {why}")
-        return _alert(rows[0])
-
-    @_translated
-    def ack_alert(self, alert_id: str, *, now: float, by: str = "", note: str = "") -> AlertRecord:
-        alert = self.get_alert(alert_id)
-        with self.transaction():
-            self._conn.execute(
-                "UPDATE alerts SET acked_at = coalesce(acked_at, %s), acked_by = %s, note = %s "
-                "WHERE alert_id = %s",
-                (now, by, note or alert.note, alert.alert_id),
-            )
-        return self.get_alert(alert.alert_id)
-
-    @_translated
-    def alert_ids_starting(self, prefix: str, limit: int = 50) -> list[str]:
-        return [
-            str(a)
-            for (a,) in self._conn.execute(
-                "SELECT alert_id FROM alerts WHERE starts_with(alert_id, %s) ORDER BY start DESC LIMIT %s",
-                (prefix, limit),
-            )
-        ]
-
-    @_translated
-    def list_devices(self) -> list[DeviceRecord]:
-        epochs = self._epochs(None)
-        opened = {
-            str(d): int(n)
-            for d, n in self._conn.execute(
-                "SELECT device, count(*) FROM alerts WHERE state = 'open' GROUP BY device"
-            )
-        }
-        return [
-            _device(r, tuple(epochs.get(r["device"], ())), opened.get(r["device"], 0))
-            for r in self._dicts("SELECT * FROM devices ORDER BY device", ())
-        ]
-
-    @_translated
-    def device(self, device: str, *, max_gaps: int = 100) -> DeviceRecord:
-        rows = self._dicts("SELECT * FROM devices WHERE device = %s", (device,))
-        if not rows:
-            raise NotFound(f"device {device!r} is not known")
-        epochs = tuple(
-            _with_gaps(e, self.gaps(device, e.epoch, limit=max_gaps))
-            for e in self._epochs(device).get(device, [])
-        )
-        opened = self._scalar("SELECT count(*) FROM alerts WHERE device = %s AND state = 'open'", (device,))
-        return _device(rows[0], epochs, opened)
-
-    @_translated
-    def devices_starting(self, prefix: str, limit: int = 200) -> list[str]:
-        return [
-            str(d)
-            for (d,) in self._conn.execute(
-                "SELECT device FROM devices WHERE starts_with(device, %s) ORDER BY device LIMIT %s",
-                (prefix, limit),
-            )
-        ]
-
-    def _dicts(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        cur = self._conn.execute(query.encode(), params)
-        names = [c.name for c in cur.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in cur]
-
-    def _epochs(self, device: str | None) -> dict[str, list[EpochCompleteness]]:
-        query = "SELECT * FROM sources"
-        params: list[Any] = []
-        if device is not None:
-            query += " WHERE device = %s"
-            params.append(device)
-        out: dict[str, list[EpochCompleteness]] = {}
-        for r in self._dicts(query + " ORDER BY first_seen, id", params):
-            first, last = r["first_seq"], r["last_seq"]
-            base = first if (r["pruned"] and first is not None) else 1
-            span = (last - base + 1) if last is not None else 0
-            missing = max(0, span - r["received"] - r["rejected"])
-            out.setdefault(r["device"], []).append(
-                EpochCompleteness(
-                    r["device"], r["epoch"], first, last, int(r["received"]), int(r["rejected"]), missing,
-                    r["first_seen"], r["last_seen"],
-                )
-            )  # fmt: skip
-        return out
-
-    @_translated
-    def gaps(self, device: str, epoch: str, *, limit: int = 100) -> tuple[tuple[int, int], ...]:
-        src = self._conn.execute(
-            "SELECT id, pruned FROM sources WHERE device = %s AND epoch = %s", (device, epoch)
-        ).fetchone()
-        if src is None:
-            return ()
-        query = (
-            "WITH seqs AS (SELECT seq FROM readings WHERE source_id = %(src)s UNION "
-            "SELECT seq FROM dead_letter WHERE device = %(device)s AND epoch = %(epoch)s "
-            "AND seq IS NOT NULL), "
-            "ordered AS (SELECT seq, lead(seq) OVER (ORDER BY seq) AS nxt FROM seqs) "
-            "SELECT seq + 1 AS lo, nxt - 1 AS hi FROM ordered WHERE nxt > seq + 1 ORDER BY lo LIMIT %(limit)s"
-        )
-        params = {"src": src[0], "device": device, "epoch": epoch, "limit": limit}
-        out = [(int(lo), int(hi)) for lo, hi in self._conn.execute(query, params)]
-        if not src[1]:
-            first = self._scalar(
-                "SELECT min(seq) FROM (SELECT seq FROM readings WHERE source_id = %s UNION ALL "
-                "SELECT seq FROM dead_letter WHERE device = %s AND epoch = %s AND seq IS NOT NULL) t",
-                (src[0], device, epoch),
-            )
-            if first > 1:
-                out.insert(0, (1, first - 1))
-        return tuple(out[:limit])
-
-    @_translated
-    def device_series(self, device: str) -> list[SeriesInfo]:
-        return [
-            SeriesInfo(int(i), str(d), str(s), str(m), str(u or ""))
-            for i, d, s, m, u in self._conn.execute(
-                "SELECT id, device, sensor, metric, unit FROM series WHERE device = %s "
-                "ORDER BY sensor, metric",
-                (device,),
-            )
-        ]
-
-    @_translated
-    def readings(
-        self,
-        device: str,
-        metric: str,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        sensor: str | None = None,
-        limit: int = 100_000,
-    ) -> list[StoredReading]:
-        lo, hi = since if since is not None else 0.0, until if until is not None else float("inf")
-        query = (
-            "SELECT r.ts, r.value, s.device, s.sensor, s.metric, s.unit, src.epoch, r.seq, r.late, m.msg_id "
-            "FROM readings r JOIN series s ON s.id = r.series_id JOIN sources src ON src.id = r.source_id "
-            "JOIN messages m ON m.id = r.message_id "
-            "WHERE s.device = %s AND s.metric = %s AND r.ts >= %s AND r.ts < %s"
-        )
-        params: list[Any] = [device, metric, lo, hi]
-        if sensor is not None:
-            query += " AND s.sensor = %s"
-            params.append(sensor)
-        query += " ORDER BY r.ts, r.message_id, r.pos LIMIT %s"
-        params.append(limit)
-        return [
-            StoredReading(float(ts), float(v), d, s, m, u, e, int(seq), bool(late), msg)
-            for ts, v, d, s, m, u, e, seq, late, msg in self._conn.execute(query.encode(), params)
-        ]
-
-    @_translated
-    def count_readings(self, device: str | None = None) -> int:
-        if device is None:
-            return self._scalar("SELECT count(*) FROM readings")
-        return self._scalar(
-            "SELECT count(*) FROM readings r JOIN sources s ON s.id = r.source_id WHERE s.device = %s",
-            (device,),
-        )
-
-    @_translated
-    def last_reading_ts(self, device: str) -> float | None:
-        row = self._conn.execute(
-            "SELECT max(max_ts) FROM messages WHERE device = %s AND stored > 0", (device,)
-        ).fetchone()
-        return float(row[0]) if row and row[0] is not None else None
-
-    @_translated
-    def message(self, msg_id: str) -> list[MessageRecord]:
-        return [
-            MessageRecord(*row)
-            for row in self._conn.execute(_MESSAGE_SELECT + " WHERE msg_id = %s ORDER BY id", (msg_id,))
-        ]
-
-    @_translated
-    def message_totals(self, device: str | None = None) -> MessageTotals:
-        query = (
-            "SELECT count(*), coalesce(sum(readings), 0), coalesce(sum(stored), 0), "
-            "coalesce(sum(duplicates), 0), coalesce(sum(rejected), 0) FROM messages"
-        )
-        if device is None:
-            row = self._conn.execute(query).fetchone()
-        else:
-            row = self._conn.execute(query + " WHERE device = %s", (device,)).fetchone()
-        assert row is not None
-        return MessageTotals(*(int(v) for v in row))
-
-    @_translated
-    def dead_letters(
-        self,
-        *,
-        reason: str | None = None,
-        device: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-    ) -> list[DeadLetterRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        if reason is not None:
-            where.append("reason = %s")
-            params.append(reason)
-        if device is not None:
-            where.append("device = %s")
-            params.append(device)
-        if since is not None:
-            where.append("received_at >= %s")
-            params.append(since)
-        clause = ("WHERE " + " AND ".join(where) + " ") if where else ""
-        return self._dead_letters(clause + "ORDER BY id DESC LIMIT %s", [*params, limit])
-
-    def _dead_letters(self, clause: str, params: list[Any]) -> list[DeadLetterRecord]:
-        query = (
-            "SELECT id, received_at, topic, reason, detail, device, epoch, seq, msg_id, payload "
-            "FROM dead_letter " + clause
-        )
-        return [
-            DeadLetterRecord(
-                int(i), float(at), t, r, d, dev, e, None if seq is None else int(seq), m or "",
-                None if p is None else bytes(p),
-            )
-            for i, at, t, r, d, dev, e, seq, m, p in self._conn.execute(query.encode(), params)
-        ]  # fmt: skip
-
-    @_translated
-    def dead_letter_counts(self, device: str | None = None) -> dict[str, int]:
-        query = "SELECT reason, count(*) FROM dead_letter"
-        params: tuple[Any, ...] = ()
-        if device is not None:
-            query, params = query + " WHERE device = %s", (device,)
-        return {
-            str(r): int(n)
-            for r, n in self._conn.execute((query + " GROUP BY reason ORDER BY reason").encode(), params)
-        }
-
-    @_translated
-    def dead_letter(self, dead_id: int) -> DeadLetterRecord:
-        found = self._dead_letters("WHERE id = %s", [dead_id])
-        if not found:
-            raise NotFound(f"dead letter {dead_id} does not exist")
-        return found[0]
-
-    def save_replayed(self, alerts: Sequence[ReplayedAlert], now: float) -> int:
-        written = 0
-        for a in alerts:
-            written += self._conn.execute(
-                f"INSERT INTO {REPLAY_SET} VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "  # noqa: S608
-                "ON CONFLICT DO NOTHING",
-                (a.run, a.alert_id, a.device, a.sensor, a.metric, a.detector, a.start, a.end,
-                 a.peak_score, a.value, a.expected_low, a.expected_high, now),
-            ).rowcount  # fmt: skip
-        return written
-
-    def replayed_alerts(self, run: str) -> list[ReplayedAlert]:
-        try:
-            return [
-                ReplayedAlert(*row)
-                for row in self._conn.execute(
-                    (_REPLAYED_SELECT + " WHERE run = %s ORDER BY start").encode(), (run,)
-                )
-            ]
-        except psycopg.Error as exc:
-            raise StoreError(f"no replay run {run!r} in {self.path}: {exc}") from exc
-
-    @_translated
-    def replay_runs(self) -> list[str]:
-        return [
-            str(r)
-            for (r,) in self._conn.execute(
-                f"SELECT run FROM {REPLAY_SET} GROUP BY run ORDER BY min(created_at), run"  # noqa: S608
-            )
-        ]
-
-
-def _alert(r: Sequence[Any]) -> AlertRecord:
-    values = dict(zip(_ALERT_COLUMNS, r, strict=True))
-    values["late"] = bool(values["late"])
-    return AlertRecord(**values)
-
-
-def _device(r: dict[str, Any], epochs: tuple[EpochCompleteness, ...], open_alerts: int) -> DeviceRecord:
-    counters: dict[str, float] = json.loads(r["counters"] or "{}")
-    return DeviceRecord(
-        r["device"], r["first_seen"], r["last_seen"], bool(r["online"]), r["status_event"] or "",
-        r["status_ts"], r["agent_version"] or "", r["epoch"] or "", counters, int(r["messages"]),
-        int(r["readings"]), open_alerts, epochs,
-    )  # fmt: skip
-
-
-def _with_gaps(e: EpochCompleteness, gaps: tuple[tuple[int, int], ...]) -> EpochCompleteness:
-    return EpochCompleteness(
-        e.device, e.epoch, e.first_seq, e.last_seq, e.received, e.rejected, e.missing,
-        e.first_seen, e.last_seen, gaps,
-    )  # fmt: skip

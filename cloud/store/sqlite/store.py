@@ -5,21 +5,23 @@ Layout (schema version in `PRAGMA user_version`, upgraded by `MIGRATIONS` in ord
     sources        one row per (device, epoch): seq range seen, readings stored and rejected
     series         one row per (device, sensor, metric): what a detector watches
     messages       one row per readings message received (msg_id, kind, counts) for tracing,
-                   with the rowid range [first_id, last_id] of the readings it stored and
-                   their ts bounds: the index for time-window queries
+                   with the source and seq range [lo_seq, hi_seq] of the readings it stored
+                   and their ts bounds: the index for time-window queries and replay
     readings       (source_id, seq) UNIQUE, so a resent reading is ignored, never doubled;
-                   `id` grows with insertion order and is the detectors' replay watermark
+                   `message_id` names the message that stored it
     dead_letter    anything that could not be stored, with raw bytes, topic, reason and time
     devices        the fleet registry: last seen, online, agent version, reported counters
     alerts         one row per episode; `alert_id` is deterministic, so a replay cannot double
     alert_outbox   alert messages to publish; deleted once the broker has them (at least once)
-    detector_state checkpointed detector and episode state per series, plus `checkpoint` keys
+    detector_state checkpointed detector and episode state per series, each with its watermark
+                   (the last message it processed); `checkpoint` keeps the aggregator's own
     rejected_checkpoints  checkpoints that could not be restored, kept aside with the reason
 
-Timestamps are unix seconds (REAL). The write path is plain sqlite3 `executemany` inside one
-`BEGIN IMMEDIATE` transaction per batch (WAL, synchronous=NORMAL: a committed row survives a
-killed process); schema and read queries go through sqlite-utils. The aggregator is the only
-writer of readings; the operator CLI writes only alert acknowledgements.
+Timestamps are unix seconds (REAL). The write path is multi-row INSERT OR IGNORE statements
+inside one `BEGIN IMMEDIATE` transaction per batch (WAL, synchronous=NORMAL: a committed row
+survives a killed process); schema goes through sqlite-utils. One aggregator writes a store
+(`acquire_ownership`, a lock file); the operator CLI writes only alert acknowledgements. The
+read model is `queries.SqliteReadModel`; the interface both backends keep is cloud.store.api.
 """
 
 from __future__ import annotations
@@ -338,6 +340,8 @@ class SqliteStore(SqliteReadModel):
     the database: sources and series from INSERT, a batch's message ids from max(id) read
     inside its BEGIN IMMEDIATE transaction, which holds SQLite's one write lock.
     """
+
+    waits_on_server = False  # in-process: a batch is cheapest on the event loop's thread
 
     def __init__(
         self, path: Path | str, *, synchronous: str = "NORMAL", create: bool = True, readonly: bool = False
