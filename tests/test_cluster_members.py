@@ -3,11 +3,15 @@ real agents (MQTT 3.1.1 into the nodes' listeners), members as `edgewatch cloud 
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +76,17 @@ def _owners(store: Store) -> dict[str, tuple[int, ...]]:
     return dict(owners(store.cluster_view()))
 
 
+def _cloud_status(cluster: NatsCluster, db_url: str) -> dict[str, Any]:
+    """`edgewatch cloud status --json`, as an operator runs it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "edgewatch", "cloud", "status", "--db", db_url, "--nats",
+         ",".join(cluster.nats_urls()), "--partitions", str(PARTITIONS), "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
 def _balanced(store: Store, members: list[str]) -> bool:
     """Every partition owned, by the members given, each holding at most ceil(P / members)."""
     shares = _owners(store)
@@ -124,10 +139,18 @@ def test_two_members_share_the_fleet_and_store_each_reading_once(
             wait_for(lambda: _balanced(store, ["a", "b"]), 20, "the members to share the partitions evenly")
         fleet.start()
         time.sleep(4.0)
+        status = _cloud_status(cluster, db_url)
     finally:
         fleet.stop()
         for m in members:
             m.stop()
+    assert [m["member"] for m in status["members"]] == ["a", "b"]
+    assert sorted(p for ps in status["owned"].values() for p in ps) == list(range(PARTITIONS))
+    assert [p["owner"] for p in status["partitions"]] == [
+        next(m for m, ps in status["owned"].items() if p["partition"] in ps) for p in status["partitions"]
+    ]
+    assert all(isinstance(p["lag"], int) and p["lag"] >= 0 for p in status["partitions"])
+    assert status["last_rebalance"] is not None
     logs = "\n".join(m.log_text() for m in members)
     assert "Traceback" not in logs, logs[-3000:]
     assert_stored_exactly_once(db_url, fleet)

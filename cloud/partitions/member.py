@@ -119,12 +119,31 @@ class PartitionMember:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,
+            error_cb=self._nats_error,
+            disconnected_cb=self._nats_disconnected,
+            reconnected_cb=self._nats_reconnected,
         )
         self.js = self.nc.jetstream(timeout=5)
         await self._ensure_stream()
         url = self.nc.connected_url
         log.info(
             "member %s: connected to NATS %s:%s",
+            self.me,
+            url.hostname if url else "?",
+            url.port if url else "?",
+        )
+
+    async def _nats_error(self, exc: Exception) -> None:
+        """A node going away is expected (the client reconnects to another): one line, no trace."""
+        log.warning("member %s: NATS: %s: %s", self.me, type(exc).__name__, exc)
+
+    async def _nats_disconnected(self) -> None:
+        log.warning("member %s: NATS disconnected; reconnecting", self.me)
+
+    async def _nats_reconnected(self) -> None:
+        url = self.nc.connected_url if self.nc is not None else None
+        log.info(
+            "member %s: NATS reconnected to %s:%s",
             self.me,
             url.hostname if url else "?",
             url.port if url else "?",

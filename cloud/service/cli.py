@@ -85,3 +85,53 @@ def run_cmd(
     except EdgewatchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@cloud_app.command("status")
+def status_cmd(
+    *,
+    db: Annotated[str, typer.Option(help="The members' store: postgresql://user@host/db.")],
+    nats: Annotated[
+        str | None, typer.Option(help="nats://user:pass@host:4222[,...]: also show each partition's lag.")
+    ] = None,
+    partitions: Annotated[
+        int | None, typer.Option(help="P, as in the servers' mapping (default 64).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Cluster mode: live members, the partitions each owns, lag per partition, last rebalance.
+
+    Example: edgewatch cloud status --db postgresql://edgewatch@db/edgewatch --nats nats://...
+    """
+    import json
+    import time
+
+    from cloud.partitions.layout import PARTITIONS
+    from cloud.partitions.status import cluster_status
+    from devices.errors import EdgewatchError
+
+    try:
+        status = cluster_status(db, nats, partitions or PARTITIONS)
+    except EdgewatchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if json_out:
+        typer.echo(json.dumps(status.as_dict(), indent=2))
+        return
+    typer.echo(f"members ({len(status.members)} live):")
+    for member, age in status.members:
+        owned = status.owned.get(member, ())
+        typer.echo(f"  {member}  heartbeat {age:.1f}s ago  {len(owned)} partitions: {list(owned)}")
+    unowned = [p.partition for p in status.partitions if p.owner is None]
+    typer.echo(f"unowned partitions: {unowned or 'none'}")
+    lagging = [p for p in status.partitions if p.lag]
+    if nats:
+        typer.echo(
+            "lag (messages not yet acked): "
+            + (", ".join(f"p{p.partition}={p.lag}" for p in lagging) or "none")
+        )
+    when = status.last_rebalance
+    typer.echo(
+        "last rebalance: "
+        + ("never" if when is None else f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(when))} UTC")
+    )
