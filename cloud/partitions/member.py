@@ -28,6 +28,7 @@ import socket
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client as NATS
@@ -56,6 +57,29 @@ ACK_WAIT = 5.0  # a message fetched and not acked is delivered again after this 
 
 def member_id(config: AggregatorConfig) -> str:
     return config.member or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def nats_servers(urls: str) -> tuple[list[str], str | None, str | None]:
+    """(server URLs without credentials, user, password) of `nats://user:pw@host:4222,...`.
+
+    The credentials go to the client separately: it also reconnects to the servers the cluster
+    announces, which carry none (they were refused, seen here).
+
+    >>> nats_servers("nats://aggregator:pw@a:4222, nats://aggregator:pw@b:4222")
+    (['nats://a:4222', 'nats://b:4222'], 'aggregator', 'pw')
+    """
+    servers: list[str] = []
+    user: str | None = None
+    password: str | None = None
+    for url in (u.strip() for u in urls.split(",")):
+        parts = urlsplit(url)
+        if parts.username:
+            user, password = unquote(parts.username), unquote(parts.password or "")
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        servers.append(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
+    return servers, user, password
 
 
 def consumer_name(partition: int) -> str:
@@ -112,9 +136,11 @@ class PartitionMember:
         self._pipeline = Pipeline(
             store, settings_from(self.config), now=time.time(), recover=False, scope=self.owns
         )
-        servers = [u.strip() for u in self.config.nats.split(",")]
+        servers, user, password = nats_servers(self.config.nats)
         self.nc = await nats.connect(
             servers=servers,
+            user=user,
+            password=password,
             name=f"edgewatch-aggregator-{self.me}",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,

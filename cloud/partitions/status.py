@@ -16,7 +16,7 @@ from nats.js.errors import NotFoundError
 from cloud.errors import StoreError
 from cloud.partitions.assignment import owners
 from cloud.partitions.layout import STREAM
-from cloud.partitions.member import consumer_name
+from cloud.partitions.member import consumer_name, nats_servers
 from cloud.store.api import LeaseStore, open_store
 
 
@@ -49,8 +49,11 @@ class ClusterStatus:
         }
 
 
-async def _lags(servers: list[str], partitions: int) -> dict[int, int]:
-    nc = await nats.connect(servers=servers, connect_timeout=5, max_reconnect_attempts=1)
+async def _lags(urls: str, partitions: int) -> dict[int, int]:
+    servers, user, password = nats_servers(urls)
+    nc = await nats.connect(
+        servers=servers, user=user, password=password, connect_timeout=5, max_reconnect_attempts=1
+    )
     try:
         js = nc.jetstream(timeout=5)
         lags: dict[int, int] = {}
@@ -75,7 +78,7 @@ def cluster_status(db: str, nats_urls: str | None, partitions: int) -> ClusterSt
     lags: dict[int, int] = {}
     if nats_urls:
         try:
-            lags = asyncio.run(_lags([u.strip() for u in nats_urls.split(",")], partitions))
+            lags = asyncio.run(_lags(nats_urls, partitions))
         except (OSError, nats.errors.Error) as exc:
             raise StoreError(f"cannot ask NATS for the partitions' lag: {exc}") from exc
     leases = {lease.partition: lease for lease in view.leases}
