@@ -337,7 +337,8 @@ class PartitionMember:
             await self.nc.publish(subject, wire.encode_ack(ack))
         for publication in publications:
             await self.nc.publish(wire.nats_subject(publication.topic), publication.payload)
-        await self.nc.flush(timeout=5)
+        # No flush: the JetStream acks that follow go out on this same connection, after these
+        # (and a flush cancelled mid-way trips nats-py's pong bookkeeping, seen here).
         if publications:
             async with self._lock:
                 with self.lease_store.fenced(self.leases.values()):
