@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloud.errors import LeaseLost
+from cloud.errors import LeaseLost, StoreError
 from cloud.store.api import DeadLetter, LeaseStore, Store, open_store
 from tests.postgres import Postgres
 
@@ -93,3 +93,23 @@ def test_members_heartbeat_and_expire(two_members: tuple[Store, Store]) -> None:
     assert b.cluster_view().live_members() == ["b"]
     b.leave_cluster("b")
     assert b.cluster_view().live_members() == []
+
+
+def test_a_member_paused_inside_a_transaction_is_cut_off_and_writes_nothing(
+    two_members: tuple[Store, Store],
+) -> None:
+    """a holds its lease row (FOR SHARE) in an open transaction and stalls past the TTL: the
+    server ends a's session (idle_in_transaction_session_timeout = the TTL, set on joining), so
+    b is not blocked from taking over, and a's late write fails whole."""
+    store_a, store_b = two_members
+    a, b = _leases(store_a), _leases(store_b)
+    a.join_cluster("a", TTL)
+    lease_a = a.acquire_lease(2, "a", TTL)
+    assert lease_a is not None
+    taken = []
+    with pytest.raises(StoreError), a.fenced([lease_a]), store_a.transaction():
+        time.sleep(TTL * 2 + 0.3)  # paused (SIGSTOP) with the row lock held
+        taken.append(b.acquire_lease(2, "b", TTL))  # not blocked: a's session is gone
+        store_a.insert_dead_letters([_dead(1)])
+    assert taken and taken[0] is not None and taken[0].epoch == 2
+    assert store_b.dead_letters() == []
