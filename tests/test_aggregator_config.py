@@ -216,7 +216,6 @@ def test_stop_while_connecting_to_a_broker_that_never_answers_is_prompt(tmp_path
 
 
 def test_cluster_mode_needs_a_postgresql_store_and_nats_urls() -> None:
-
     with pytest.raises(ConfigError, match="postgresql"):
         load_config(nats="nats://127.0.0.1:4222", db="cloud.db")
     with pytest.raises(ConfigError, match="nats://"):
