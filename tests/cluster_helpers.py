@@ -27,6 +27,7 @@ class MemberProcess:
             f"lease_ttl = {lease_ttl}\n"
             "tick_interval = 0.5\n"
             "ack_interval = 0.1\n"
+            "checkpoint_interval = 2.0\n"
         )
         self.argv = [
             sys.executable, "-m", "edgewatch", "cloud", "run", "--nats", ",".join(cluster.nats_urls()),

@@ -7,6 +7,7 @@
         fetch a batch -> store + detect + alerts (Pipeline.ingest: ONE PostgreSQL transaction,
         fenced: it first checks and holds this member's leases) -> publish the devices' acks and
         the alert messages (NATS; the agents get them over MQTT at QoS 0) -> ack JetStream
+    checkpoint (every checkpoint_interval, fenced): bounds what a new owner replays
 
 Detection runs inside the fenced transaction, not after the JetStream ack: a batch's alerts
 commit with its readings, so a crash anywhere leaves nothing half done; a message not acked is
@@ -349,12 +350,18 @@ class PartitionMember:
     async def run(self, stop: asyncio.Event) -> None:
         interval = self.config.lease_ttl / 3
         next_tick = time.monotonic()
+        next_checkpoint = time.monotonic() + self.config.checkpoint_interval
         while not stop.is_set():
             try:
                 await self.lease_turn()
                 if time.monotonic() >= next_tick:
                     await self._tick()
                     next_tick = time.monotonic() + self.config.tick_interval
+                if time.monotonic() >= next_checkpoint:
+                    # Bounds what a partition's next owner replays after this member dies.
+                    async with self._lock:
+                        self.checkpoint()
+                    next_checkpoint = time.monotonic() + self.config.checkpoint_interval
             except StoreError as exc:
                 log.warning("member %s: lease turn failed: %s", self.me, exc)
             self._replan.clear()
