@@ -795,20 +795,19 @@ class PostgresStore(PostgresReadModel):
         dropped = sorted(d for d in self._partitions if d < cut_day)
         readings = 0
         for day in dropped:
-            readings += self._scalar(
-                pgsql.SQL("SELECT count(*) FROM {}")
-                .format(pgsql.Identifier(f"readings_d{day}"))
-                .as_string(conn)
+            partition = pgsql.Identifier(f"readings_d{day}")
+            # Every source with readings in it has pruned history now, also one whose message
+            # spans midnight and so stays (its later readings are in a kept partition).
+            per_source = conn.execute(
+                pgsql.SQL("SELECT source_id, count(*) FROM {} GROUP BY source_id").format(partition)
+            ).fetchall()
+            readings += sum(int(n) for _, n in per_source)
+            conn.execute(
+                "UPDATE sources SET pruned = true WHERE id = ANY(%s)", ([int(src) for src, _ in per_source],)
             )
-            conn.execute(pgsql.SQL("DROP TABLE {}").format(pgsql.Identifier(f"readings_d{day}")))
+            conn.execute(pgsql.SQL("DROP TABLE {}").format(partition))
             self._partitions.discard(day)
         bound = cut_day * DAY
-        pruned = conn.execute(
-            "UPDATE sources SET pruned = true WHERE (device, epoch) IN "
-            "(SELECT DISTINCT device, epoch FROM messages WHERE stored > 0 AND max_ts < %s)",
-            (bound,),
-        )
-        del pruned
         cur = conn.execute(
             "DELETE FROM messages WHERE (stored > 0 AND max_ts < %s) OR (stored = 0 AND received_at < %s)",
             (bound, older_than),
