@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares a fresh Debian/Ubuntu machine: mosquitto (and socat and postgresql for the dev
+# Prepares a fresh Debian/Ubuntu machine: mosquitto (and socat, postgresql and nats-server for the dev
 # extra), a C compiler and Python's headers (with apt-get when root), a venv in .venv with
 # edgewatch and the extras named in $1 (default: dev).
 # Safe to run again.
