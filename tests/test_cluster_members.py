@@ -76,15 +76,14 @@ def _owners(store: Store) -> dict[str, tuple[int, ...]]:
     return dict(owners(store.cluster_view()))
 
 
-def _cloud_status(cluster: NatsCluster, db_url: str) -> dict[str, Any]:
-    """`edgewatch cloud status --json`, as an operator runs it."""
+def _cloud_status(cluster: NatsCluster, db_url: str, *, as_json: bool = True) -> Any:
+    """`edgewatch cloud status [--json]`, as an operator runs it."""
     out = subprocess.run(
         [sys.executable, "-m", "edgewatch", "cloud", "status", "--db", db_url, "--nats",
-         ",".join(cluster.nats_urls()), "--partitions", str(PARTITIONS), "--json"],
+         ",".join(cluster.nats_urls()), "--partitions", str(PARTITIONS), *(["--json"] if as_json else [])],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    return json.loads(out.stdout) if as_json else out.stdout
 
 
 def _balanced(store: Store, members: list[str]) -> bool:
@@ -140,6 +139,7 @@ def test_two_members_share_the_fleet_and_store_each_reading_once(
         fleet.start()
         time.sleep(4.0)
         status = _cloud_status(cluster, db_url)
+        text = _cloud_status(cluster, db_url, as_json=False)
     finally:
         fleet.stop()
         for m in members:
@@ -151,6 +151,8 @@ def test_two_members_share_the_fleet_and_store_each_reading_once(
     ]
     assert all(isinstance(p["lag"], int) and p["lag"] >= 0 for p in status["partitions"])
     assert status["last_rebalance"] is not None
+    assert "members (2 live):" in text and "unowned partitions: none" in text, text
+    assert re.search(r"^  a  heartbeat [0-9.]+s ago  4 partitions", text, re.M), text
     logs = "\n".join(m.log_text() for m in members)
     assert "Traceback" not in logs, logs[-3000:]
     assert_stored_exactly_once(db_url, fleet)
