@@ -7,9 +7,10 @@ Every device has five streams (temperature, humidity coupled to it, vibration, p
 cycle, CPU temperature following load), sampled once a minute. Each stream gets a random fault
 schedule (spike, dip, level shift, stuck, drift, noise burst, dropout), faults starting after a
 6 h burn-in. Each detector runs label-free with its fixed default config through
-`cloud.analysis.evaluate.detect_episodes` (the aggregator's `process` path); episodes close after 10
-normal readings; a label counts as detected by an episode overlapping it or opening within
-`--tolerance` seconds after its end. Dropouts are gaps (no readings), not events to detect.
+`cloud.analysis.evaluate.detect_episodes` (the aggregator's `process` path); episodes open and
+close by the aggregator's own episode machine and policy (5 normal readings or 300 s); a label
+counts as detected by an episode overlapping it or opening within `--tolerance` seconds after
+its end. Dropouts are gaps (no readings), not events to detect.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ def device_streams(
     return [Stream(device, k, tuple(points[k]), tuple(labels[k])) for k in models]
 
 
-def _run_device(args: tuple[int, int, float, float, Sequence[str], int]) -> dict[str, object]:
-    seed, index, days, period, detectors, close_after = args
+def _run_device(args: tuple[int, int, float, float, Sequence[str]]) -> dict[str, object]:
+    seed, index, days, period, detectors = args
     streams = device_streams(seed, index, days=days, period=period)
     episodes: dict[str, list[Episode]] = {}
     seconds: dict[str, float] = {}
@@ -86,7 +87,7 @@ def _run_device(args: tuple[int, int, float, float, Sequence[str], int]) -> dict
         started = time.perf_counter()
         for s in streams:
             det = make_detector(name, seed=index)
-            eps += detect_episodes(det, s.points, close_after=close_after, device=s.device, metric=s.metric)
+            eps += detect_episodes(det, s.points, device=s.device, metric=s.metric)
         seconds[name] = time.perf_counter() - started
         episodes[name] = eps
     return {
@@ -106,10 +107,9 @@ def run(
     period: float = 60.0,
     detectors: Sequence[str] = BASELINES,
     jobs: int = 2,
-    close_after: int = 10,
 ) -> Iterator[dict[str, object]]:
     """Per-device results (labels, episodes per detector, seconds), in device order."""
-    tasks = [(seed, i, days, period, tuple(detectors), close_after) for i in range(devices)]
+    tasks = [(seed, i, days, period, tuple(detectors)) for i in range(devices)]
     if jobs <= 1:
         yield from map(_run_device, tasks)
         return
@@ -129,7 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--period", type=float, default=60.0, help="seconds between readings")
     ap.add_argument("--detectors", default=",".join(BASELINES))
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--close-after", type=int, default=10)
     ap.add_argument("--tolerance", type=float, default=1800.0)
     ap.add_argument("--by-kind", action="store_true", help="also print recall per fault kind")
     ap.add_argument("--by-metric", action="store_true", help="also print metrics per signal kind")
@@ -152,7 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         period=args.period,
         detectors=detectors,
         jobs=args.jobs,
-        close_after=args.close_after,
     ):
         labels += res["labels"]  # type: ignore[arg-type]
         for name, eps in res["episodes"].items():  # type: ignore[attr-defined]

@@ -148,3 +148,11 @@ class AlertEvent:
     detector: str = ""
     msg_id: str = ""
     sensor: str = ""  # since v1.1: tells two sensors of the same metric on one device apart
+    # since v1.2: why. What the opening reading was (spike, dip, level_shift, stuck, ...; it
+    # stays the episode's kind), the reason for the reading at the peak in the stream's units
+    # (the one `value` and the expected range describe), the opening reading's reason, and when
+    # the peak was. Empty (None) for a silent alert and in a v1.0/1.1 message.
+    anomaly_kind: str = ""
+    evidence: str = ""
+    opening_evidence: str = ""
+    peak_ts: float | None = None

@@ -4,7 +4,7 @@ Format v1 is a JSON object per MQTT message with `"v": "MAJOR.MINOR"` and `"kind
 accepts any minor version of a major it knows and ignores fields it does not know, so writers can
 add fields in a minor release without breaking older aggregators. A new major is rejected with
 `UnsupportedVersion`. Golden files in tests/golden pin the exact bytes of what this version
-writes (v1.1) and what a v1.0 writer sent (still read).
+writes (v1.2) and what v1.0 and v1.1 writers sent (still read).
 
 Topic layout (one level per device, so ACLs can be written per device):
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import orjson
@@ -44,7 +44,7 @@ from devices.model import (
 )
 
 MAJOR: Final = 1
-MINOR: Final = 1  # 1.1: alerts carry `sensor`
+MINOR: Final = 2  # 1.1: alerts carry `sensor`; 1.2: alerts say why (anomaly_kind, evidence, ...)
 VERSION: Final = f"{MAJOR}.{MINOR}"
 PREFIX: Final = f"edgewatch/v{MAJOR}"
 
@@ -234,8 +234,27 @@ def encode_alert(alert: AlertEvent) -> bytes:
             "severity": alert.severity,
             "late": alert.late,
             "detector": alert.detector,
+            "anomaly_kind": alert.anomaly_kind,
+            "evidence": alert.evidence,
+            "opening_evidence": alert.opening_evidence,
+            "peak_ts": alert.peak_ts,
         }
     )
+
+
+def encode_webhook(events: Sequence[Mapping[str, Any]], *, text: str | None = None) -> bytes:
+    """A webhook notification: alert transitions in order, each the alert as the operator's
+    `alerts list --json` shows it plus `transition` and `transition_id`; `text` for Slack-style
+    receivers. Pinned by tests/golden/webhook_v1.1.json."""
+    body: dict[str, Any] = {"v": VERSION, "kind": "alert_events", "events": list(events)}
+    if text is not None:
+        body["text"] = text
+    return _dumps(body)
+
+
+def encode_alertmanager(alerts: Sequence[Mapping[str, Any]]) -> bytes:
+    """Postable alerts for Alertmanager's POST /api/v2/alerts (its schema, not ours: unversioned)."""
+    return orjson.dumps(list(alerts))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,6 +466,17 @@ def _opt_float(obj: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
+MAX_EVIDENCE_LEN: Final = 500
+
+
+def _text(obj: dict[str, Any], name: str) -> str:
+    """An optional short text field: absent is "", a non-string is refused, a long one is cut."""
+    value = obj.get(name, "")
+    if not isinstance(value, str):
+        raise WireError(f"bad_{name}", f"{name}={value!r:.60}")
+    return value[:MAX_EVIDENCE_LEN]
+
+
 def decode_alert(payload: bytes) -> AlertEvent:
     obj = _load(payload, "alert")
     try:
@@ -474,6 +504,10 @@ def decode_alert(payload: bytes) -> AlertEvent:
         detector=str(obj.get("detector", "")),
         msg_id=str(obj.get("msg_id", "")),
         sensor=str(obj.get("sensor", "")),  # absent before v1.1
+        anomaly_kind=_text(obj, "anomaly_kind"),  # these four: absent before v1.2
+        evidence=_text(obj, "evidence"),
+        opening_evidence=_text(obj, "opening_evidence"),
+        peak_ts=_opt_float(obj, "peak_ts"),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from cloud.analysis import cli as cli_detect
+from cloud.notify import cli as cli_notify
 from cloud.ops import cli as cli_ops
 from cloud.provision import cli as cli_provision
 from cloud.service import cli as cloud_cli
@@ -40,7 +41,7 @@ def _root(
 
 
 app.add_typer(edge_cli.app, name="agent")
-for sub_app, name in (*cloud_cli.SUB_APPS, *cli_ops.SUB_APPS):
+for sub_app, name in (*cloud_cli.SUB_APPS, *cli_ops.SUB_APPS, *cli_notify.SUB_APPS):
     app.add_typer(sub_app, name=name)
 for command, name in (
     *cloud_cli.COMMANDS,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Prepares a fresh Debian/Ubuntu machine: mosquitto (and socat, postgresql and nats-server for the dev
-# extra), a C compiler and Python's headers (with apt-get when root), a venv in .venv with
-# edgewatch and the extras named in $1 (default: dev).
+# Prepares a fresh Debian/Ubuntu machine: mosquitto (and socat, PostgreSQL's server,
+# prometheus-alertmanager and nats-server for the dev extra), a C compiler and Python's headers
+# (with apt-get when root), a venv in .venv with edgewatch and the extras named in $1 (default: dev).
 # Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,11 @@ extras="${1:-dev}"
 need_apt=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   need_apt+=(mosquitto mosquitto-clients)
+fi
+# The notify tests run a real Alertmanager (tests/notify_helpers.py); only the dev extras need it.
+if [[ ",$extras," == *",dev,"* ]] && ! command -v prometheus-alertmanager >/dev/null 2>&1 \
+    && ! command -v alertmanager >/dev/null 2>&1; then
+  need_apt+=(prometheus-alertmanager)
 fi
 # The dev extra's tests (and the bench) start a private PostgreSQL server: initdb and pg_ctl.
 if [[ ",${extras}," == *",dev,"* ]] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \

@@ -538,11 +538,11 @@ def _fill(directory: Path) -> Path:
     """Write a file until the filesystem refuses (ENOSPC); returns it (delete it to free space)."""
     filler = directory / "filler"
     chunk = b"\0" * 65536
-    with filler.open("wb") as out:
+    # Unbuffered: a buffered file keeps the bytes a full disk refused and raises again on close.
+    with filler.open("wb", buffering=0) as out:
         try:
             while True:
                 out.write(chunk)
-                out.flush()
         except OSError:
             pass
     return filler

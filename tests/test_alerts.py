@@ -88,6 +88,73 @@ def test_tracker_state_round_trips_through_json() -> None:
     assert a == b and a is not None and a.state is AlertState.CLOSED
 
 
+def test_the_peak_shows_its_own_range_and_reason_and_the_opening_kind_stays() -> None:
+    tracker = EpisodeTracker(EpisodePolicy(close_after=2, close_after_seconds=0))
+    shift = Verdict(0.7, True, 807.0, 906.5, "level_shift", "value 0 {unit}, 40 steps below")
+    opened = tracker.observe(10.0, 0.0, shift, msg_id="m")
+    # The peak's verdict has no range: the opening's 807..906.5 must not stay beside its value.
+    tracker.observe(11.0, -486.0, Verdict(0.99, True, None, None, "dip", "value -486 {unit}, far below"))
+    tracker.observe(12.0, 0.0, Verdict(0.8, True, 0.0, 1.0, "level_shift", "smaller"))  # not a peak
+    tracker.observe(13.0, 850.0, NORMAL)
+    closed = tracker.observe(14.0, 850.0, NORMAL)
+    assert opened is not None and closed is not None
+    assert (opened.kind, opened.evidence, opened.opening_evidence, opened.peak_ts) == (
+        "level_shift", "value 0 {unit}, 40 steps below", "value 0 {unit}, 40 steps below", 10.0,
+    )  # fmt: skip
+    assert (opened.value, opened.expected_low, opened.expected_high) == (0.0, 807.0, 906.5)
+    assert (closed.value, closed.peak_ts) == (-486.0, 11.0)
+    assert (closed.expected_low, closed.expected_high) == (None, None)
+    assert (closed.kind, closed.evidence) == ("level_shift", "value -486 {unit}, far below")
+    assert closed.opening_evidence == "value 0 {unit}, 40 steps below"
+
+
+def test_an_older_reading_arriving_late_never_ends_an_episode_before_it_began() -> None:
+    tracker = EpisodeTracker(EpisodePolicy(close_after=2, close_after_seconds=0))
+    feed(tracker, [(1000, 50, bad()), (10, 5, NORMAL)])  # an agent's resend of an old reading
+    closed = tracker.observe(1001, 5, NORMAL)
+    assert closed is not None and (closed.start, closed.end) == (1000, 1000)
+
+
+@pytest.mark.parametrize(
+    ("value", "verdict", "reason"),
+    [
+        (50.0, Verdict(0.9, True, 0.0, 10.0), "value 50 {unit}, above the expected 0..10 {unit}"),
+        (-3.0, Verdict(0.9, True, 0.0, 10.0), "value -3 {unit}, below the expected 0..10 {unit}"),
+        (
+            5.0,
+            Verdict(0.6, True, 0.0, 10.0),
+            "value 5 {unit}, inside the expected 0..10 {unit}: only the detector's score (0.60, 0.5 is"
+            " anomalous) flags it",
+        ),
+        (
+            5.0,
+            Verdict(0.6, True),
+            "value 5 {unit}: only the detector's score (0.60, 0.5 is anomalous) flags it",
+        ),
+    ],
+)
+def test_a_verdict_without_evidence_still_gets_a_reason(value: float, verdict: Verdict, reason: str) -> None:
+    opened = EpisodeTracker().observe(1.0, value, verdict)
+    assert opened is not None
+    assert (opened.kind, opened.evidence, opened.opening_evidence) == ("", reason, reason)
+
+
+def test_a_checkpoint_from_before_kind_and_evidence_still_loads() -> None:
+    """The state an older release wrote (no kind, evidence or peak_ts keys), mid-episode."""
+    old = {
+        "expected_high": 10.0, "expected_low": 0.0, "last_anomalous": 2.0, "msg_id": "m1",
+        "normal_run": 1, "peak_score": 0.9, "peak_value": 50.0, "phase": "open", "recovered_at": 3.0,
+        "start": 1.0,
+    }  # fmt: skip
+    tracker = EpisodeTracker.from_state(old, EpisodePolicy(close_after=2, close_after_seconds=0))
+    closed = tracker.observe(4.0, 5.0, NORMAL)
+    assert closed is not None and closed.state is AlertState.CLOSED
+    assert (closed.start, closed.end, closed.value, closed.expected_low, closed.expected_high) == (
+        1.0, 3.0, 50.0, 0.0, 10.0,
+    )  # fmt: skip
+    assert (closed.kind, closed.evidence, closed.opening_evidence, closed.peak_ts) == ("", "", "", None)
+
+
 def test_alert_id_is_deterministic_and_distinguishes_streams_and_lateness() -> None:
     base = alert_id("pi-1", "cpu", "temp", "anomaly", 1.5)
     assert base == alert_id("pi-1", "cpu", "temp", "anomaly", 1.5)

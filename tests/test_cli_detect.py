@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cloud.analysis.evaluate import nab_sigmoid
 from cloud.detect import make_detector
+from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings
+from cloud.store.sqlite.store import SqliteStore
+from devices import wire
 from edgewatch.app import app
 from simulators.faults import Label, write_labels
 
@@ -63,7 +67,9 @@ def test_detect_json_summary_lists_the_episodes(tmp_path: Path) -> None:
     assert summary["detector"] == "sensor" and summary["readings"] == 800
     [episode] = summary["episodes"]
     assert episode["device"] == "d1"
-    assert episode["start_iso"] == "2024-01-01T10:00:00Z" == episode["end_iso"]
+    # one anomalous reading; production ends the episode at the first normal one after it
+    assert (episode["start_iso"], episode["end_iso"]) == ("2024-01-01T10:00:00Z", "2024-01-01T10:01:00Z")
+    assert episode["kind"] == "spike" and "typical steps above the level" in episode["evidence"]
 
 
 @pytest.mark.parametrize(
@@ -114,6 +120,20 @@ def test_evaluate_prints_metrics_as_table_and_json(tmp_path: Path) -> None:
     assert metrics["recall"] == 0.5 and metrics["false_alarms_per_stream_day"] == 0.5
     assert metrics["delay_mean_s"] == 20.0
     assert metrics["recall_by_kind"]["spike"]["recall"] == 1.0
+    # NAB, standard: the episode at 120 is 2/3 of the way before the spike window's end
+    # (y = -(160 - 120) / 60), the one at 50000 is 3 drift-window widths past it (cost 0.11),
+    # the drift window is missed (cost 1): raw = s(-2/3) / s(-1) - 0.11 - 1 of null -2, perfect 2
+    raw = nab_sigmoid(-2 / 3) / nab_sigmoid(-1.0) - 0.11 - 1.0
+    nab = metrics["nab"]["standard"]
+    assert nab["raw"] == pytest.approx(raw, abs=1e-6)
+    assert nab["score"] == pytest.approx(100 * (raw + 2) / 4, abs=1e-3)
+    assert (nab["windows"], nab["detected"], nab["false_positives"]) == (2, 1, 1)
+    assert set(metrics["nab"]) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
+    assert "NAB standard (per stream)" in table.output
+    per_device = runner.invoke(
+        app, ["evaluate", "--labels", str(labels), "--alerts", str(alerts), "--json", "--per-device"]
+    )
+    assert json.loads(per_device.output)["nab_unit"] == "device"
 
 
 def test_evaluate_bad_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -188,3 +208,39 @@ def test_large_files_go_through_the_progress_path(tmp_path: Path, monkeypatch: p
     result = runner.invoke(app, ["detect", str(src), "-o", str(dst)])
     assert result.exit_code == 0, result.output
     assert sum(1 for _ in dst.open()) == 801
+
+
+def test_detect_opens_the_same_episodes_as_the_aggregator(tmp_path: Path) -> None:
+    """`edgewatch detect` on a CSV and the aggregator's Pipeline (real SQLite store, the
+    default detector and episode policy) fed the same readings as wire messages."""
+    rng = random.Random(12)
+    n = 1500
+    values = [20.0 + math.sin(i / 80.0) + rng.gauss(0.0, 0.05) for i in range(n)]
+    for i in (500, 501, 900):  # spikes (two readings in a row, then one)
+        values[i] += 6.0
+    for i in range(1100, 1160):  # a stuck sensor
+        values[i] = values[1099]
+    for i in range(1300, n):  # a level shift
+        values[i] += 4.0
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    with src.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["timestamp", "value"])
+        out.writerows((f"{T0 + 30.0 * i:.1f}", f"{v:.4f}") for i, v in enumerate(values))
+    result = runner.invoke(app, ["detect", str(src), "-o", str(dst), "--json"])
+    assert result.exit_code == 0, result.output
+    detected = [e["start"] for e in json.loads(result.output)["episodes"]]
+
+    with SqliteStore(tmp_path / "cloud.db") as store:
+        pipeline = Pipeline(store, PipelineSettings(), now=T0)
+        for first in range(0, n, 20):  # 20 readings a message, received as they are sent
+            rows = [
+                (i + 1, T0 + 30.0 * i, "s", "temp", float(f"{values[i]:.4f}"), "C")
+                for i in range(first, min(n, first + 20))
+            ]
+            at = rows[-1][1]
+            payload = wire.encode_readings("pi-1", "e1", rows, sent_at=at, msg_id=f"m{first}")
+            pipeline.ingest([Inbound(wire.device_topic("pi-1", "telemetry"), payload, at)], at)
+        stored = sorted(a.start for a in store.list_alerts(kind="anomaly", limit=1 << 30))
+    assert len(detected) >= 3  # the faults are seen at all (else the comparison is empty)
+    assert stored == detected

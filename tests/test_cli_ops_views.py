@@ -1,19 +1,21 @@
-"""The operator CLI's pure parts: time parsing, sparklines, thinning, the plot and the PNG writer.
+"""The operator CLI's pure parts: time parsing, sparklines, thinning, reasons, the plot model and its PNG.
 
 No database and no broker: records are built by hand, outputs are strings and bytes.
 """
 
 from __future__ import annotations
 
-import struct
+import io
 import subprocess
 import sys
-import zlib
 
 import pytest
+from rich.console import Console
 
-from cloud.ops import png, views
+from cloud.ops import views
+from cloud.ops.follow import format_alert
 from cloud.store.api import AlertRecord, DeviceRecord, EpochCompleteness, StoredReading
+from devices.model import AlertEvent, AlertKind, AlertState
 
 
 def alert(**changes: object) -> AlertRecord:
@@ -89,6 +91,8 @@ def test_plot_range_covers_the_episode_and_a_margin() -> None:
     assert views.plot_range(alert(), 600) == (1_700_000_000.0 - 600, 1_700_000_060.0 + 600)
     long = alert(end=1_700_003_600.0)
     assert views.plot_range(long, 60) == (1_700_000_000.0 - 3600, 1_700_003_600.0 + 3600)
+    backwards = alert(end=1_700_000_000.0 - 1800)  # stored before the tracker kept end >= start
+    assert views.plot_range(backwards, 60) == (1_700_000_000.0 - 60, 1_700_000_000.0 + 60)
     still_open = alert(state="open", end=None)
     assert views.plot_range(still_open, 60, last_ts=1_700_000_030.0) == (
         1_700_000_000.0 - 60,
@@ -109,33 +113,106 @@ def test_plot_text_marks_the_window_where_it_is() -> None:
     assert "\x1b[" in coloured
 
 
-def test_plot_png_is_a_valid_image_with_the_window_painted() -> None:
-    rows = readings(1_700_000_000.0 - 300, 900, spike_at=330)
-    plot = views.alert_plot(
-        alert(start=1_700_000_030.0, end=1_700_000_150.0), rows, rows[0].ts, rows[-1].ts + 1
-    )
-    data = views.plot_png(plot, width=640, height=320)
-    assert data.startswith(png.PNG_SIGNATURE)
-    (length,) = struct.unpack(">I", data[8:12])
-    assert data[12:16] == b"IHDR" and length == 13
-    width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (640, 320)
-    idat_len = struct.unpack(">I", data[33:37])[0]
-    raw = zlib.decompress(data[41 : 41 + idat_len])
-    assert len(raw) == height * (3 * width + 1)
-    assert bytes(views._WINDOW) in raw and bytes(views._SERIES) in raw
+T = 1_700_000_000.0
+WHY = "value 35 C, 30 typical steps above the level 20 C"
 
 
-def test_canvas_clips_and_draws_text() -> None:
-    c = png.Canvas(20, 10, (0, 0, 0))
-    c.fill_rect(-5, -5, 100, 2, (255, 255, 255))  # clipped, not an error
-    c.line(-10, 5, 30, 5, (1, 2, 3))
-    c.text(0, 3, "A", (9, 9, 9))
-    assert c.pixel(19, 0) == (255, 255, 255) and c.pixel(19, 5) == (1, 2, 3)
-    assert c.pixel(2, 3) == (9, 9, 9)  # the apex of the A
-    assert png.text_width("abc") == 17 and png.text_width("abc", 2) == 34
-    with pytest.raises(ValueError):
-        png.Canvas(0, 10)
+def test_the_plot_model_shows_the_window_the_range_and_the_peak_where_they_were() -> None:
+    rows = readings(T - 300, 900, spike_at=340)  # the spike reading is at T + 40
+    a = alert(start=T + 30, end=T + 150, peak_ts=T + 40, value=35.0, anomaly_kind="spike", evidence=WHY)
+    plot = views.alert_plot(a, rows, T - 300, T + 600)
+    assert plot.xlabel.startswith("minutes from alert start") and plot.scale == 60.0
+    assert plot.window == (0.0, 2.0)  # 120 s from the episode's start, in minutes
+    assert plot.shade == plot.window  # wide enough already (more than 1.5% of 15 min)
+    assert plot.expected == (19.0, 21.0)
+    assert plot.peak == (pytest.approx(10 / 60), 35.0)
+    assert (plot.start + plot.peak[0] * plot.scale) == pytest.approx(T + 40)
+    assert plot.explanation == (f"peak: {WHY}",) and plot.title == "pi-1 sys/temp: spike (closed)"
+    assert plot.ylabel == "temp (C)" and plot.unit == "C"
+    lo, hi = plot.ylim
+    assert (min(plot.ys), max(plot.ys)) == (20.0, 35.0)
+    assert lo < 19.0 and hi > 35.0  # every reading and the whole range are in view
+
+
+def test_the_plot_explains_the_peak_and_the_opening_when_they_differ() -> None:
+    opened = "value 30 C, 20 typical steps above the level 20 C"
+    a = alert(start=T, evidence=WHY, opening_evidence=opened, anomaly_kind="spike")
+    plot = views.alert_plot(a, readings(T - 60, 120), T - 60, T + 60)
+    assert plot.explanation == (f"peak: {WHY}", f"opened 22:13:20 UTC: {opened}")
+    assert views.alert_plot(alert(), readings(T - 60, 120), T - 60, T + 60).explanation == ()
+
+
+def test_the_plot_model_widens_a_one_reading_window_and_finds_an_older_alerts_peak() -> None:
+    rows = readings(T - 3000, 6000, spike_at=3000)
+    a = alert(start=T, end=T, value=35.0)  # stored before peak_ts: found by its value
+    plot = views.alert_plot(a, rows, T - 3000, T + 3000)
+    assert plot.window == (0.0, 0.0) and plot.peak == (0.0, 35.0)
+    assert plot.shade == pytest.approx((-0.75, 0.75))  # 1.5% of 100 minutes, centred
+    assert views.alert_plot(alert(start=T, end=T, value=99.0), rows, T - 3000, T + 3000).peak is None
+
+
+def test_an_expected_range_far_from_the_readings_does_not_flatten_them() -> None:
+    """The issue's demo power alert: expected 807..906.5 W while the stream read about 0 W."""
+    ys = [0.0] * 50 + [-486.0] + [0.0] * 50
+    lo, hi = views.view_limits(ys, (807.0, 906.5))
+    assert lo < -486.0 and 0.0 < hi < 807.0  # the readings fill the view; the plot says where
+    assert views.view_limits(ys, (-100.0, 0.0)) == views.view_limits(ys, None)  # inside: no change
+
+
+def test_plot_png_is_a_valid_image_of_the_requested_size() -> None:
+    import numpy as np
+    from matplotlib import image  # the test decodes with matplotlib's own reader
+
+    rows = readings(T - 300, 900, spike_at=340)
+    a = alert(start=T + 30, end=T + 150, peak_ts=T + 40, anomaly_kind="spike", evidence=WHY)
+    plot = views.alert_plot(a, rows, rows[0].ts, rows[-1].ts + 1)
+    for width, height in ((640, 320), (1200, 600)):
+        data = views.plot_png(plot, width=width, height=height)
+        pixels = image.imread(io.BytesIO(data), format="png")
+        assert pixels.shape[:2] == (height, width)
+        rgb = np.round(pixels[:, :, :3].reshape(-1, 3) * 255)
+        assert len(np.unique(rgb, axis=0)) > 50  # a drawn chart, not a blank canvas
+        for colour in (views.SERIES_COLOUR, views.WINDOW_COLOUR):  # the series and the window's readings
+            target = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+            assert np.abs(rgb - target).max(axis=1).min() <= 8, colour  # drawn (antialiased) somewhere
+
+
+def test_why_is_the_reason_in_one_line_and_never_silent_about_a_value() -> None:
+    assert views.why(alert(anomaly_kind="level_shift", evidence=WHY)) == f"level shift: {WHY}"
+    assert views.why(alert(opening_evidence=WHY)) == WHY  # an older checkpoint lost the peak's
+    assert views.why(alert(kind="silent", detector="will")).startswith("its last will arrived")
+    assert views.why(alert()) == ""  # stored before alerts said why
+    table = views.alerts_table([alert(anomaly_kind="spike", evidence=WHY)], now=T + 200)
+    console = Console(width=250, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "why" in text and "spike: value 35 C" in text
+    data = views.alert_json(alert(anomaly_kind="spike", evidence=WHY, peak_ts=T + 40))
+    assert (data["anomaly_kind"], data["evidence"], data["why"]) == ("spike", WHY, f"spike: {WHY}")
+    assert data["peak_ts_iso"] == "2023-11-14T22:14:00.000Z"
+
+
+def test_alert_details_print_the_reason_whole() -> None:
+    long = WHY + "; " + "and a much longer tail " * 6
+    opened = "value 30 C, 20 typical steps above the level 20 C"
+    grid = views.alert_details(alert(anomaly_kind="spike", evidence=long, opening_evidence=opened), T)
+    console = Console(width=400, record=True)
+    console.print(grid)
+    text = console.export_text()
+    assert long.strip() in text and opened in text and "expected at peak" in text
+
+
+def test_follow_lines_say_why() -> None:
+    event = AlertEvent(
+        "0123456789abcdef0123", "pi-9", "temp", AlertKind.ANOMALY, AlertState.OPEN, T, None, 0.9,
+        35.0, 19.0, 21.0, anomaly_kind="spike", evidence="value 35 C [raw], above 21 C",
+    )  # fmt: skip
+    line = format_alert(event)
+    assert "[yellow]spike[/]: value 35 C \\[raw], above 21 C" in line  # rich markup escaped
+    assert " expected 19..21" not in line  # the reason says it in units; no bare duplicate
+    older = format_alert(AlertEvent("a", "pi-9", "temp", AlertKind.ANOMALY, AlertState.OPEN, T, None, 0.9,
+                                    35.0, 19.0, 21.0))  # fmt: skip
+    assert "value 35 expected 19..21" in older
 
 
 def test_device_json_and_completeness() -> None:
@@ -155,9 +232,17 @@ def test_device_json_and_completeness() -> None:
 
 
 def test_the_cli_module_imports_nothing_heavy() -> None:
-    heavy = ("rich", "plotext", "sqlite_utils", "cloud.store.sqlite.store", "cloud.ops.views")
+    heavy = ("rich", "plotext", "sqlite_utils", "cloud.store.sqlite.store", "cloud.ops.views", "matplotlib")
     code = f"import sys, edgewatch.app\nprint([m for m in {heavy!r} if m in sys.modules])"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_only_the_png_loads_matplotlib() -> None:
+    code = "import sys, cloud.ops.views, cloud.ops.follow\nprint('matplotlib' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"

@@ -158,6 +158,29 @@ def test_rotation_keeps_the_operators_edits_and_other_lines(broker_dir: Path) ->
     assert not verify_password(old, read_passwd(passwd)["pi-1"])
 
 
+def test_rotation_keeps_a_users_comments_and_tables_in_the_aggregator_config(broker_dir: Path) -> None:
+    from devices.broker import parse_broker_url
+
+    first = prov(broker_dir, None, role=Role.AGGREGATOR)
+    edited = first.config.read_text().replace(
+        "[aggregator]\n", "# ops: this host also pages the on-call rota\n[aggregator]\n"
+    ) + (
+        "retention_days = 30.0  # legal asked for a month\n\n"
+        "# pager, see the runbook\n"
+        '[[notify.sinks]]\nname = "oncall"\ntype = "alertmanager"\nurl = "http://127.0.0.1:9093"\n'
+    )
+    first.config.write_text(edited)
+    old = parse_broker_url(tomllib.loads(edited)["aggregator"]["broker"]).password or ""
+
+    rotated = prov(broker_dir, None, role=Role.AGGREGATOR, rotate=True)
+    text = rotated.config.read_text()
+    new = parse_broker_url(tomllib.loads(text)["aggregator"]["broker"]).password or ""
+    assert new and new != old
+    assert text == edited.replace(old, new)  # every comment, table and key of the user's stays
+    assert "# ops: this host also pages the on-call rota" in text and "# legal asked for a month" in text
+    assert verify_password(new, read_passwd(broker_dir / "passwd")["aggregator"])
+
+
 def test_client_certificate_bundle(broker_dir: Path) -> None:
     from edge.config import load_config
 

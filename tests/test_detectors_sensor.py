@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+import re
 from collections.abc import Callable
 from statistics import NormalDist
 
@@ -13,7 +14,7 @@ import pytest
 from cloud.detect import make_detector
 from cloud.detect.base import Verdict
 from cloud.detect.calibrate import TailThreshold
-from cloud.detect.sensor import QUIET, SensorDetector
+from cloud.detect.sensor import ALARM_BUDGET, QUIET, RISK_MAX, RISK_MIN, SensorDetector
 from simulators.signals import PowerModel, TemperatureModel
 
 T0 = 1_704_067_200.0
@@ -157,3 +158,114 @@ def test_tail_threshold_tracks_the_true_tail_quantile(risk: float) -> None:
             seen.append(cal.threshold)
     true = NormalDist().inv_cdf(1.0 - risk / 2.0)  # |N(0,1)| exceeds this with P = risk
     assert abs(sum(seen) / len(seen) / true - 1.0) < 0.2
+
+
+# -- explanations: what an anomalous verdict says, in the stream's own numbers ----------------
+
+
+def test_a_spike_says_spike_with_its_value_and_the_level_it_left() -> None:
+    values = noisy(1000)
+    values[700] += 3.0
+    verdicts = run(SensorDetector(), values)
+    v = verdicts[700]
+    assert v.anomalous and v.kind == "spike"
+    assert f"value {values[700]:.3g} {{unit}}" in v.evidence
+    assert "typical steps above the level" in v.evidence
+    assert v.expected_low is not None and v.expected_high is not None
+    assert v.expected_low < values[699] < v.expected_high < values[700]  # what it expected: near the level
+    dip = noisy(1000)
+    dip[700] -= 3.0
+    assert run(SensorDetector(), dip)[700].kind == "dip"
+    assert all(x.kind == "" and x.evidence == "" for x in verdicts if not x.anomalous)
+
+
+def test_a_stuck_sensor_says_for_how_long_and_how_often_it_usually_changes() -> None:
+    values = noisy(1200)
+    for i in range(1000, 1100):
+        values[i] = values[999]
+    verdicts = run(SensorDetector(), values)
+    first = next(v for v in verdicts if v.anomalous)
+    assert first.kind == "stuck"
+    assert first.evidence.startswith(f"unchanged at {values[999]:.3g} {{unit}} for ")
+    # readings a minute apart, a few of them nearly equal: it usually changes within a minute or two
+    held = re.fullmatch(r"unchanged at .* for (\d+) min; this stream changes every (\d+) s", first.evidence)
+    assert held is not None, first.evidence
+    assert 5 <= int(held[1]) <= 20 and 60 <= int(held[2]) < 120
+    assert first.expected_low is not None and first.expected_high is not None
+    assert first.expected_low <= values[999] <= first.expected_high  # the value is fine; its stillness is not
+
+
+def test_a_drift_out_of_the_lived_in_range_says_so_and_the_range_is_the_envelope() -> None:
+    rng = random.Random(8)
+    values = [20.0 + rng.gauss(0.0, 0.3) for _ in range(2000)]  # 33 h of one-minute readings
+    values += [20.0 + 0.05 * k + rng.gauss(0.0, 0.3) for k in range(1, 1000)]  # then a drift up, 3 /h
+    verdicts = run(SensorDetector(), values)
+    i, v = next((i, v) for i, v in enumerate(verdicts) if v.anomalous)
+    assert i > 2000 and v.kind == "out_of_range"
+    assert "above the range" in v.evidence and "it has lived in" in v.evidence
+    assert v.expected_low is not None and v.expected_high is not None
+    assert v.expected_low < 20.0 < v.expected_high < values[i]
+    assert v.expected_high - v.expected_low < 10.0  # near what the stream did (it lived in ~18.8..21.2)
+
+
+def test_counts_are_judged_on_a_log_scale_and_explained_in_counts() -> None:
+    rng = random.Random(4)
+    values = [float(round(rng.expovariate(1 / 20.0))) for _ in range(3000)]  # a heavy-ish tail
+    values[2500] = 2000.0
+    det = SensorDetector()
+    verdicts = run(det, values)
+    assert det.counts
+    v = verdicts[2500]
+    assert v.anomalous and v.kind == "spike"
+    assert v.evidence.startswith("count 2000 {unit}, ") and "times the usual" in v.evidence
+    assert v.expected_low is not None and v.expected_high is not None
+    assert 0.0 <= v.expected_low < 20.0 < v.expected_high < 2000.0  # in counts, not in logs
+    assert sum(x.anomalous for x in verdicts) <= 3  # the exponential tail itself is a habit
+    assert not SensorDetector().counts
+    floats = SensorDetector()
+    run(floats, noisy(100))
+    assert not floats.counts
+
+
+def test_the_false_alarm_budget_is_per_time_whatever_the_sampling() -> None:
+    """A reading's risk is its interval over ALARM_BUDGET: a 1 s stream must be far stricter per
+    reading than a 5 min one to raise as few alarms per day."""
+    risks = {}
+    for period in (1.0, 60.0, 300.0, 3600.0):
+        det = SensorDetector()
+        for i, value in enumerate(noisy(100)):
+            det.process(T0 + period * i, value)
+        risks[period] = math.exp(det.cal._log_risk)
+    assert risks[1.0] == pytest.approx(RISK_MIN)
+    assert risks[60.0] == pytest.approx(60.0 / ALARM_BUDGET)
+    assert risks[300.0] == pytest.approx(min(RISK_MAX, 300.0 / ALARM_BUDGET))
+    assert risks[3600.0] == pytest.approx(RISK_MAX)
+    assert risks[1.0] < risks[60.0] < risks[3600.0]
+
+
+def test_a_dip_on_a_duty_cycle_expects_the_regime_the_stream_is_in() -> None:
+    """The demo's power alert: a dip to -486 W while the stream read about 0 W must not say it
+    expected the compressor's "on" level."""
+    model = PowerModel(seed=3)
+    values = [model.step(T0 + 60.0 * i) for i in range(3000)]
+    det = SensorDetector()
+    run(det, values)
+    off = min(v for v in values[-300:])
+    base = 3000
+    verdicts = run(det, [off] * 10, start=base)  # ten minutes off
+    dip = det.process(T0 + 60.0 * (base + 10), -486.0)
+    assert not any(v.anomalous for v in verdicts)
+    assert dip.anomalous and dip.kind == "dip"
+    assert dip.expected_low is not None and dip.expected_high is not None
+    assert dip.expected_low < off < dip.expected_high  # around where it was, not around "on"
+    assert dip.expected_high < 0.5 * max(values)
+
+
+def test_the_score_peaks_at_the_onset_of_a_long_shift_not_through_it() -> None:
+    values = noisy(1500)
+    for i in range(800, 1000):  # 200 minutes 20 noise sigmas up
+        values[i] += 2.0
+    verdicts = run(SensorDetector(), values)
+    peak = max(range(800, 1000), key=lambda i: verdicts[i].score)
+    assert peak == 800
+    assert not any(v.anomalous for v in verdicts[850:1000])  # the new level is learned, not alarmed for hours

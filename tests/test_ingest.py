@@ -41,7 +41,8 @@ STATUS = wire.device_topic(DEV, "status")
 
 
 class ThresholdDetector:
-    """Anomalous above 100; counts what it learned; raises on 666 (a detector bug)."""
+    """Anomalous above 100 (a spike, saying so in `{unit}`); counts what it learned; raises on
+    666 (a detector bug)."""
 
     name = "threshold"
 
@@ -60,7 +61,8 @@ class ThresholdDetector:
         score = self.score_one(ts, value)
         if score < 0.5:
             self.learn_one(ts, value)
-        return Verdict(score, score >= 0.5, 0.0, 100.0)
+            return Verdict(score, False, 0.0, 100.0)
+        return Verdict(score, True, 0.0, 100.0, "spike", f"value {value:g} {{unit}}, above 100 {{unit}}")
 
     def to_bytes(self) -> bytes:
         return pickle.dumps(self)
@@ -344,6 +346,9 @@ def test_a_spike_opens_and_closes_one_episode_published_once(pipeline: Pipeline,
         (AlertState.OPEN, T0 + 5, None, 0.9, 500.0),
         (AlertState.CLOSED, T0 + 5, T0 + 7, 0.9, 500.0),
     ]
+    # Why, in the series' unit, on both messages and in the store.
+    why = ("spike", "value 500 C, above 100 C", "value 500 C, above 100 C", T0 + 5)
+    assert [(e.anomaly_kind, e.evidence, e.opening_evidence, e.peak_ts) for e in events] == [why, why]
     assert {p.topic for p in report.publications} == {wire.alert_topic(DEV)}
     (alert,) = store.list_alerts()
     assert (alert.state, alert.metric, alert.sensor, alert.msg_id, alert.late) == (
@@ -353,6 +358,7 @@ def test_a_spike_opens_and_closes_one_episode_published_once(pipeline: Pipeline,
         "m1",
         False,
     )
+    assert (alert.anomaly_kind, alert.evidence, alert.opening_evidence, alert.peak_ts) == why
     assert len(pipeline.pending_publications()) == 2
     pipeline.published([p.outbox_id for p in report.publications])
     assert pipeline.pending_publications() == []
@@ -368,6 +374,10 @@ def test_backfilled_readings_are_scored_not_learned_and_alert_late(pipeline: Pip
     (alert,) = store.list_alerts(late=True)
     assert alert.state == "closed" and alert.value == 900.0
     assert store.list_alerts(late=False) == []
+    # A late alert says why too: what the live detector says of that reading, range included.
+    assert (alert.anomaly_kind, alert.peak_ts) == ("spike", T0 + 3)
+    assert alert.evidence == "value 900 C, above 100 C"
+    assert (alert.expected_low, alert.expected_high) == (0.0, 100.0)
 
 
 def test_restart_without_checkpoint_replays_and_never_re_alerts(store: Store, threshold: str) -> None:
@@ -449,6 +459,31 @@ def test_clean_shutdown_is_not_silence(pipeline: Pipeline) -> None:
     bye = Status(DEV, StatusEvent.SHUTDOWN, T0 + 1, "e1", "0.1.0")
     pipeline.ingest([msg([1]), Inbound(STATUS, wire.encode_status(bye), T0 + 1)], T0 + 1)
     assert pipeline.tick(T0 + 10_000).alerts_opened == 0
+
+
+def test_a_checkpoint_written_before_explanations_resumes_its_open_episode(
+    store: Store, threshold: str
+) -> None:
+    first = Pipeline(store, SETTINGS, now=T0)
+    first.ingest([msg(range(1, 11), values={9: 500.0})], T0)  # an episode is open at the checkpoint
+    first.checkpoint(T0)
+    # Rewrite the checkpoint as an older release wrote it: a "last" verdict, no reason slots.
+    (blob,) = store.db.execute("SELECT tracker FROM detector_state").fetchone()
+    state = json.loads(blob)
+    for tracker in (state["live"], state["late"]):
+        for name in ("kind", "evidence", "opening_evidence", "peak_ts"):
+            del tracker[name]
+    state["last"] = {"score": 0.1, "anomalous": False, "expected_low": 0.0, "expected_high": 100.0}
+    with store.transaction():
+        store.db.execute("UPDATE detector_state SET tracker = ?", (json.dumps(state),))
+    second = Pipeline(store, SETTINGS, now=T0 + 5)
+    assert second.replayed == 0
+    closing = second.ingest([msg(range(11, 14))], T0 + 6)
+    assert (closing.alerts_opened, closing.alerts_closed) == (0, 1)
+    (alert,) = store.list_alerts()
+    # Opened with its reason before the checkpoint; the close keeps what it knows (the peak).
+    assert (alert.state, alert.start, alert.value, alert.anomaly_kind) == ("closed", T0 + 9, 500.0, "spike")
+    assert alert.opening_evidence == "value 500 C, above 100 C"
 
 
 @pytest.mark.parametrize(

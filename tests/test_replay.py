@@ -52,6 +52,12 @@ def test_replay_rebuilds_the_live_alerts_without_doubling_them(tmp_path: Path) -
         assert replay(store, into_alerts=True).written == 0, "live alerts have the same ids"
         assert len([a for a in store.list_alerts() if a.kind == "anomaly"]) == len(live)
 
+        reasons = {a.alert_id: (a.anomaly_kind, a.evidence, a.peak_ts) for a in store.list_alerts()}
+        assert all(evidence for _, evidence, _ in reasons.values())
+        store.db.execute("DELETE FROM alerts")  # lost: --into-alerts rebuilds them, reasons included
+        assert replay(store, into_alerts=True).written == len(live)
+        assert {a.alert_id: (a.anomaly_kind, a.evidence, a.peak_ts) for a in store.list_alerts()} == reasons
+
         only_r2 = replay(store, device="r-2", dry_run=True)
         assert (only_r2.streams, only_r2.episodes) == (1, [])
         late = replay(store, since=T0 + 250 * 60, dry_run=True)

@@ -205,3 +205,30 @@ def test_an_unreachable_postgresql_is_a_store_error_that_shows_no_password() -> 
     with pytest.raises(StoreError) as caught:
         open_store(url, readonly=True)
     assert "s3cret" not in str(caught.value) and "edgewatch@127.0.0.1" in str(caught.value)
+
+
+def test_a_store_from_before_alert_reasons_migrates_and_its_alerts_read_without_them(tmp_path: Path) -> None:
+    import sqlite_utils
+
+    from cloud.store.sqlite.store import MIGRATIONS, _v4_alert_reasons
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    before = MIGRATIONS.index(_v4_alert_reasons)
+    for migration in MIGRATIONS[:before]:
+        migration(sqlite_utils.Database(conn))
+    conn.execute(f"PRAGMA user_version = {before}")
+    old = alert("old1", "pi-1", start=T0)
+    conn.execute(
+        "INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (old.alert_id, old.device, old.sensor, old.metric, old.kind, old.state, old.start, old.end,
+         old.peak_score, old.value, old.expected_low, old.expected_high, old.severity, 0,
+         old.detector, old.msg_id, old.opened_at, None, None, "", ""),
+    )  # fmt: skip
+    conn.close()
+    with Store(path) as store:
+        assert store.get_alert("old1") == old  # '' and None: the record's defaults
+        assert (store.get_alert("old1").anomaly_kind, store.get_alert("old1").peak_ts) == ("", None)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == before + 1
+    conn.close()

@@ -7,6 +7,7 @@ the store interface (cloud.store.api) and the pipeline; none reads a backend's s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -253,6 +254,8 @@ def test_alert_queries_filter_get_by_prefix_and_ack(store: Store) -> None:
             value=60.0,
             expected_low=None,
             expected_high=None,
+            evidence="value 60 C, above the expected 1..2 C",
+            peak_ts=T0 + 25,
         )
         assert not store.close_alert(
             "bbbbbb333333",
@@ -262,6 +265,8 @@ def test_alert_queries_filter_get_by_prefix_and_ack(store: Store) -> None:
             value=60.0,
             expected_low=None,
             expected_high=None,
+            evidence="value 60 C, above the expected 1..2 C",
+            peak_ts=T0 + 25,
         )
     assert [a.alert_id for a in store.list_alerts()] == ["bbbbbb333333", "aaaaaa222222", "aaaaaa111111"]
     assert [a.alert_id for a in store.list_alerts(device="pi-1", state="open")] == ["aaaaaa111111"]
@@ -278,6 +283,27 @@ def test_alert_queries_filter_get_by_prefix_and_ack(store: Store) -> None:
     again = store.ack_alert("aaaaaa111111", now=T0 + 200, by="ops")
     assert again.acked_at == T0 + 100 and again.note == "known"  # idempotent
     assert [a.alert_id for a in store.list_alerts(acked=False)] == ["bbbbbb333333", "aaaaaa222222"]
+
+
+def test_an_alert_keeps_its_kind_and_reasons_and_the_close_updates_the_peaks(store: Store) -> None:
+    opening = "value 50 C, 30 typical steps above the level 1.5 C"
+    explained = dataclasses.replace(
+        alert("cccccc444444", "pi-1", start=T0),
+        anomaly_kind="spike", evidence=opening, opening_evidence=opening, peak_ts=T0,
+    )  # fmt: skip
+    with store.transaction():
+        assert store.insert_alert(explained)
+    assert store.get_alert("cccccc444444") == explained
+    peak = "value 80 C, 52 typical steps above the level 1.5 C"
+    with store.transaction():
+        assert store.close_alert(
+            "cccccc444444", end=T0 + 20, closed_at=T0 + 21, peak_score=0.99, value=80.0,
+            expected_low=1.0, expected_high=2.0, evidence=peak, peak_ts=T0 + 12,
+        )  # fmt: skip
+    (closed,) = store.list_alerts()
+    assert (closed.state, closed.value, closed.evidence, closed.peak_ts) == ("closed", 80.0, peak, T0 + 12)
+    assert (closed.anomaly_kind, closed.opening_evidence) == ("spike", opening)  # as it opened
+    assert store.find_alerts(kind="anomaly") == [closed]
 
 
 def test_devices_show_completeness_and_gaps(store: Store) -> None:

@@ -34,8 +34,9 @@ def test_readings_golden_bytes() -> None:
         sent_at=1767225601.0,
         msg_id="6b1e0f3c2a4d4e5f9a8b7c6d5e4f3a2b",
     )
-    assert encoded == golden("readings_v1.1.json")
-    assert golden("readings_v1.0.json") == encoded.replace(b'"v":"1.1"', b'"v":"1.0"')  # only the version
+    assert encoded == golden("readings_v1.2.json")
+    for older in ("1.0", "1.1"):  # only the version differs
+        assert golden(f"readings_v{older}.json") == encoded.replace(b'"v":"1.2"', f'"v":"{older}"'.encode())
     batch = wire.decode_readings(encoded)
     assert batch.readings == (
         Reading(DEV, EPOCH, 41, 1767225600.25, "room", "temperature", 21.5, "C"),
@@ -46,8 +47,8 @@ def test_readings_golden_bytes() -> None:
 
 def test_ack_status_alert_golden_round_trip() -> None:
     ack = Ack(DEV, EPOCH, ((1, 40), (42, 42)), "0c1d2e3f405162738495a6b7c8d9eaf0")
-    assert wire.encode_ack(ack) == golden("ack_v1.1.json")
-    assert wire.decode_ack(golden("ack_v1.1.json")) == wire.decode_ack(golden("ack_v1.0.json")) == ack
+    assert wire.encode_ack(ack) == golden("ack_v1.2.json")
+    assert all(wire.decode_ack(golden(f"ack_v{v}.json")) == ack for v in ("1.0", "1.1", "1.2"))
     status = Status(
         DEV,
         StatusEvent.HEARTBEAT,
@@ -56,12 +57,8 @@ def test_ack_status_alert_golden_round_trip() -> None:
         "0.1.0",
         {"sampled": 42.0, "backlog": 2.0, "dropped": 0.0},
     )
-    assert wire.encode_status(status) == golden("status_v1.1.json")
-    assert (
-        wire.decode_status(golden("status_v1.1.json"))
-        == wire.decode_status(golden("status_v1.0.json"))
-        == status
-    )
+    assert wire.encode_status(status) == golden("status_v1.2.json")
+    assert all(wire.decode_status(golden(f"status_v{v}.json")) == status for v in ("1.0", "1.1", "1.2"))
     alert = AlertEvent(
         "a1b2c3d4",
         DEV,
@@ -79,11 +76,35 @@ def test_ack_status_alert_golden_round_trip() -> None:
         "default",
         "ffeeddccbbaa99887766554433221100",
         sensor="room",
+        anomaly_kind="spike",
+        evidence="value 35.2 C, 12 typical steps above the level 21.4 C",
+        opening_evidence="value 30.1 C, 8 typical steps above the level 21.4 C",
+        peak_ts=1767225605.25,
     )
-    assert wire.encode_alert(alert) == golden("alert_v1.1.json")
-    assert wire.decode_alert(golden("alert_v1.1.json")) == alert
-    # A v1.0 alert (no sensor) still reads, with the sensor unknown.
-    assert wire.decode_alert(golden("alert_v1.0.json")) == dataclasses.replace(alert, sensor="")
+    assert wire.encode_alert(alert) == golden("alert_v1.2.json")
+    assert wire.decode_alert(golden("alert_v1.2.json")) == alert
+    # A v1.1 alert (no explanation) still reads, with the reasons empty and the peak time unknown.
+    unexplained = dataclasses.replace(alert, anomaly_kind="", evidence="", opening_evidence="", peak_ts=None)
+    assert wire.decode_alert(golden("alert_v1.1.json")) == unexplained
+    # A v1.0 alert (no sensor either) still reads, with the sensor unknown too.
+    assert wire.decode_alert(golden("alert_v1.0.json")) == dataclasses.replace(unexplained, sensor="")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("evidence", 42), ("anomaly_kind", ["spike"]), ("peak_ts", "noon")]
+)
+def test_an_alert_with_a_mistyped_explanation_is_refused(field: str, value: object) -> None:
+    obj = json.loads(golden("alert_v1.2.json"))
+    obj[field] = value
+    with pytest.raises(WireError) as err:
+        wire.decode_alert(json.dumps(obj).encode())
+    assert err.value.reason == f"bad_{field}"
+
+
+def test_an_overlong_evidence_is_cut_not_refused() -> None:
+    obj = json.loads(golden("alert_v1.2.json"))
+    obj["evidence"] = "x" * 5000
+    assert wire.decode_alert(json.dumps(obj).encode()).evidence == "x" * wire.MAX_EVIDENCE_LEN
 
 
 def test_a_newer_minor_version_with_extra_fields_is_read() -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from cloud.alerts.explain import fallback_evidence
 from cloud.detect.base import Verdict
 from devices.model import AlertKind, AlertState
 
@@ -50,7 +51,13 @@ class EpisodePolicy:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """An episode opened or closed; `value` is the reading at the peak score."""
+    """An episode opened or closed.
+
+    `value`, `peak_ts`, the expected range and `evidence` all describe ONE reading, the one at
+    the peak score: the range is the one the detector gave for that reading, never another
+    reading's. `kind` is what the opening reading was (it stays the episode's kind, so routing
+    labels do not change between open and close); `opening_evidence` is that reading's reason.
+    """
 
     state: AlertState
     start: float
@@ -60,6 +67,10 @@ class Transition:
     expected_low: float | None
     expected_high: float | None
     msg_id: str  # the message that carried the opening reading
+    kind: str = ""  # one of cloud.detect.base.ANOMALY_KINDS, or "" when the detector did not say
+    evidence: str = ""  # the peak reading's reason, "{unit}" for the unit (never empty, see explain)
+    opening_evidence: str = ""
+    peak_ts: float | None = None
 
 
 class EpisodeTracker:
@@ -76,12 +87,16 @@ class EpisodeTracker:
     """
 
     __slots__ = (
+        "evidence",
         "expected_high",
         "expected_low",
+        "kind",
         "last_anomalous",
         "msg_id",
         "normal_run",
+        "opening_evidence",
         "peak_score",
+        "peak_ts",
         "peak_value",
         "phase",
         "policy",
@@ -101,6 +116,10 @@ class EpisodeTracker:
         self.expected_high: float | None = None
         self.normal_run = 0
         self.msg_id = ""
+        self.kind = ""
+        self.opening_evidence = ""
+        self.evidence = ""
+        self.peak_ts: float | None = None  # None in a checkpoint written before it was kept
 
     def observe(self, ts: float, value: float, verdict: Verdict, *, msg_id: str = "") -> Transition | None:
         """Feed one scored reading (in stream order); returns the transition it caused, if any."""
@@ -115,8 +134,8 @@ class EpisodeTracker:
     def _open(self, ts: float, value: float, verdict: Verdict, msg_id: str) -> Transition:
         self.phase = Phase.OPEN
         self.start = self.last_anomalous = ts
-        self.peak_score, self.peak_value = verdict.score, value
-        self.expected_low, self.expected_high = verdict.expected_low, verdict.expected_high
+        self._peak(ts, value, verdict)
+        self.kind, self.opening_evidence = verdict.kind, self.evidence
         self.normal_run = 0
         self.msg_id = msg_id
         return self._transition(AlertState.OPEN, None)
@@ -125,13 +144,21 @@ class EpisodeTracker:
         self.last_anomalous = ts
         self.normal_run = 0
         if verdict.score > self.peak_score:
-            self.peak_score, self.peak_value = verdict.score, value
-            if verdict.expected_low is not None:
-                self.expected_low, self.expected_high = verdict.expected_low, verdict.expected_high
+            self._peak(ts, value, verdict)
+
+    def _peak(self, ts: float, value: float, verdict: Verdict) -> None:
+        # Everything shown about the peak comes from its own verdict, a missing range included:
+        # keeping an earlier reading's range beside this value is how an alert came to show an
+        # "expected" range far from anything the stream did.
+        self.peak_score, self.peak_value, self.peak_ts = verdict.score, value, ts
+        low, high = self.expected_low, self.expected_high = verdict.expected_low, verdict.expected_high
+        self.evidence = verdict.evidence or fallback_evidence(value, low, high, verdict.score)
 
     def _settle(self, ts: float, value: float, verdict: Verdict, msg_id: str) -> Transition | None:
         if self.normal_run == 0:
-            self.recovered_at = ts
+            # An older reading arriving late on the live topic (an agent's resend) cannot end
+            # the episode before it began: seen in the demo, an alert ending 30 min before its start.
+            self.recovered_at = max(ts, self.last_anomalous)
         self.normal_run += 1
         quiet_for = ts - self.last_anomalous
         if self.normal_run < self.policy.close_after and not (
@@ -152,11 +179,17 @@ class EpisodeTracker:
             self.expected_low,
             self.expected_high,
             self.msg_id,
+            self.kind,
+            self.evidence,
+            self.opening_evidence,
+            self.peak_ts,
         )
 
     # checkpoints (JSON-able, so a checkpoint stays readable)
 
     def to_state(self) -> dict[str, Any]:
+        """Every slot but the policy; `from_state` fills slots an older checkpoint lacks with
+        their defaults (a tracker checkpointed before kind and evidence existed still loads)."""
         return {name: getattr(self, name) for name in self.__slots__ if name != "policy"}
 
     @classmethod

@@ -34,14 +34,12 @@ def detect_cmd(
     json_summary: Annotated[bool, typer.Option("--json", help="Print the alert episodes as JSON.")] = False,
     device: Annotated[str, typer.Option(help="Device name to tag the episodes with.")] = "",
     metric: Annotated[str, typer.Option(help="Metric name to tag the episodes with.")] = "",
-    close_after: Annotated[
-        int, typer.Option(min=1, help="An episode closes after this many normal readings.")
-    ] = 10,
 ) -> None:
     """Score a timestamp,value CSV with a detector, exactly as the aggregator would.
 
     Timestamps are ISO-8601 (naive = UTC) or epoch seconds. Writes score in [0, 1] and alert
-    0/1 (the detector's label-free decision) per row.
+    0/1 (the detector's label-free decision) per row; alert episodes open and close as the
+    aggregator's do (close after 5 normal readings or 300 s).
 
     Example: edgewatch detect temps.csv --output scored.csv --json
     """
@@ -57,13 +55,12 @@ def detect_cmd(
     size = input_csv.stat().st_size
     try:
         if size >= PROGRESS_MIN_BYTES:
-            summary = _detect_with_progress(input_csv, output, detector, close_after, device, metric, size)
+            summary = _detect_with_progress(input_csv, output, detector, device, metric, size)
         else:
             summary = detect_file(
                 input_csv,
                 output,
                 detector=detector,
-                close_after=close_after,
                 device=device,
                 metric=metric,
             )
@@ -78,9 +75,7 @@ def detect_cmd(
         )
 
 
-def _detect_with_progress(
-    src: Path, dst: Path, detector: str, close_after: int, device: str, metric: str, size: int
-) -> Any:
+def _detect_with_progress(src: Path, dst: Path, detector: str, device: str, metric: str, size: int) -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
@@ -101,7 +96,6 @@ def _detect_with_progress(
             src,
             dst,
             detector=detector,
-            close_after=close_after,
             device=device,
             metric=metric,
             on_bytes=lambda n: progress.advance(task, n),
@@ -140,17 +134,28 @@ def evaluate_cmd(
         list[str] | None,
         typer.Option(help="Label kinds that are not events (repeatable; default: dropout)."),
     ] = None,
+    per_device: Annotated[
+        bool,
+        typer.Option(
+            "--per-device", help="NAB score per device: any stream's episode is the device's detection."
+        ),
+    ] = False,
 ) -> None:
-    """Event recall, precision, false alarms per stream-day and detection delay of alerts.
+    """Event recall, precision, false alarms per stream-day, detection delay, NAB-style scores.
+
+    The NAB scores (Lavin & Ahmad 2015; profiles standard, reward_low_FP_rate,
+    reward_low_FN_rate) count where episodes open: the earliest in a window earns up to 1,
+    one outside costs the FP weight, a missed window the FN weight; 0 = never alerting,
+    100 = perfect.
 
     Example: edgewatch evaluate --labels labels.jsonl --alerts episodes.json --tolerance 1800
     """
     from cloud.analysis.evaluate import (
         IGNORED_KINDS,
-        evaluate,
         load_episodes,
         load_windows,
         metrics_table_rows,
+        report,
     )
 
     if (alerts is None) == (db is None):
@@ -160,15 +165,16 @@ def evaluate_cmd(
         episodes = load_episodes(alerts) if alerts is not None else _store_episodes(db, replay_run)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    metrics = evaluate(
+    result = report(
         windows,
         episodes,
         stream_days=stream_days,
         tolerance=tolerance,
         ignore_kinds=IGNORED_KINDS if ignore_kind is None else frozenset(ignore_kind),
+        nab_per_device=per_device,
     )
     if json_output:
-        typer.echo(json.dumps(metrics.to_dict(), indent=2))
+        typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -176,7 +182,7 @@ def evaluate_cmd(
     table = Table(title="Detection quality", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in metrics_table_rows(metrics):
+    for name, value in metrics_table_rows(result):
         table.add_row(name, value)
     Console().print(table)
     if stream_days is None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cloud.analysis.evaluate import Episode, EpisodeGrouper, parse_timestamp
+from cloud.analysis.evaluate import Episode, EpisodeRecorder, parse_timestamp
 from cloud.detect import DEFAULT_DETECTOR, make_detector
 
 
@@ -121,6 +121,8 @@ class DetectSummary:
                     "end_iso": _iso(e.end),
                     "readings": e.readings,
                     "peak_score": round(e.peak_score, 6),
+                    "kind": e.kind,
+                    "evidence": e.evidence,
                 }
                 for e in self.episodes
             ],
@@ -133,18 +135,18 @@ def detect_file(
     *,
     detector: str = DEFAULT_DETECTOR,
     seed: int = 0,
-    close_after: int = 10,
     device: str = "",
     metric: str = "",
     on_bytes: Callable[[int], None] | None = None,
 ) -> DetectSummary:
     """Score every row of `src` into `dst` (`timestamp,value,score,alert`), group alert episodes.
 
-    Episodes follow `cloud.analysis.evaluate.EpisodeGrouper`: open on an anomalous verdict, close after
-    `close_after` normal ones in a row. `device`/`metric` only tag the episodes.
+    Episodes are the aggregator's (`cloud.analysis.evaluate.EpisodeRecorder` runs production's
+    episode machine and policy), so a file run opens the alerts the live pipeline would.
+    `device`/`metric` only tag the episodes.
     """
     det = make_detector(detector, seed=seed)
-    grouper = EpisodeGrouper(close_after=close_after, device=device, metric=metric)
+    recorder = EpisodeRecorder(device=device, metric=metric)
     found: list[Episode] = []
     readings = anomalous = 0
     part = dst.with_name(dst.name + ".part")  # renamed into place only once complete
@@ -161,13 +163,13 @@ def detect_file(
                 readings += 1
                 anomalous += verdict.anomalous
                 writer.writerow((row.ts_text, row.value_text, f"{verdict.score:.6f}", int(verdict.anomalous)))
-                closed = grouper.push(row.ts, verdict)
+                closed = recorder.push(row.ts, row.value, verdict)
                 if closed is not None:
                     found.append(closed)
         part.replace(dst)
     finally:
         part.unlink(missing_ok=True)
-    last = grouper.finish()
+    last = recorder.finish()
     if last is not None:
         found.append(last)
     return DetectSummary(detector, readings, anomalous, tuple(found))

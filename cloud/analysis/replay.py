@@ -34,6 +34,10 @@ class ReplayedEpisode:
     expected_low: float | None
     expected_high: float | None
     late: bool = False  # raised by backfilled readings, as the aggregator raised it
+    anomaly_kind: str = ""  # why, as the aggregator says it (cloud.store.api.AlertRecord)
+    evidence: str = ""
+    opening_evidence: str = ""
+    peak_ts: float | None = None
 
 
 @dataclass(slots=True)
@@ -118,6 +122,7 @@ def replay(
         episode = ReplayedEpisode(
             e.alert_id, e.device, e.sensor, e.metric, e.start, e.end, e.peak_score,
             e.value if e.value is not None else float("nan"), e.expected_low, e.expected_high, e.late,
+            e.anomaly_kind, e.evidence, e.opening_evidence, e.peak_ts,
         )  # fmt: skip
         if e.alert_id in by_id:  # the closing transition completes the open one
             report.episodes[by_id[e.alert_id]] = episode
@@ -140,7 +145,8 @@ def _write(store: Store, report: ReplayReport, into_alerts: bool, now: float) ->
                         e.alert_id, e.device, e.sensor, e.metric, str(AlertKind.ANOMALY), str(state),
                         e.start, e.end, e.peak_score, e.value, e.expected_low, e.expected_high,
                         "warning", e.late, report.detector, "", now, None if e.end is None else now,
-                        None, "", f"replay {report.run}",
+                        None, "", f"replay {report.run}", e.anomaly_kind, e.evidence, e.opening_evidence,
+                        e.peak_ts,
                     )
                 )  # fmt: skip
             return written

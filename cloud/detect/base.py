@@ -6,11 +6,11 @@ learned (so a long fault does not become the new normal).
 
 Conventions every registered detector keeps (tests/test_detectors.py checks them):
 - `score_one` never changes state, so a late (backfilled) reading can be scored alone.
-- A NaN or infinite value is never learned; `process` returns `Verdict(1.0, True)` for it (a
+- A NaN or infinite value is never learned; `process` returns `NON_FINITE` for it (a
   sensor that reports a non-number is faulty) and `score_one` returns 1.0.
 - The first readings of a stream are a warm-up (score 0, never flagged), and nothing is
   flagged before the detector has calibrated (the default: 20 readings of warm-up, no
-  anomalous verdict before the 60th reading).
+  anomalous verdict before the 180th reading).
 - `to_bytes()` is a pickle restored by `cloud.detect.detector_from_bytes`; a restored detector
   gives exactly the verdicts the original would have given. State is bounded per stream.
 """
@@ -45,6 +45,12 @@ class Verdict(NamedTuple):
     expected_high: float | None = None
     kind: str = ""  # for an anomalous verdict: what was seen, one of ANOMALY_KINDS ("" if unknown)
     evidence: str = ""  # ... and why, in the stream's numbers; "{unit}" stands for its unit
+
+
+NON_FINITE: Final = Verdict(
+    1.0, True, None, None, "non_finite", "the sensor reported a value that is not a number"
+)
+"""Every detector's verdict on a NaN or infinite value."""
 
 
 class StreamDetector(Protocol):

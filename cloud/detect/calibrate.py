@@ -62,6 +62,12 @@ class TailThreshold:
         self.log_rate = math.log(1.0 - base_q)
         self.threshold = max(floor, self.t + self.beta * (self.log_rate - self._log_risk))
 
+    def set_risk(self, risk: float) -> None:
+        """Change the target exceedance probability per score (e.g. once the sampling is known)."""
+        self._log_risk = math.log(risk)
+        threshold = self.t + self.beta * (self.log_rate - self._log_risk)
+        self.threshold = threshold if threshold > self.floor else self.floor
+
     def update(self, score: float) -> None:
         """Learn one score (clip anomalous ones to the threshold first so faults cannot teach)."""
         t = self.t

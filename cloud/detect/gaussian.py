@@ -15,7 +15,7 @@ from typing import Any
 
 from river import anomaly, stats
 
-from cloud.detect.base import Verdict
+from cloud.detect.base import NON_FINITE, Verdict
 from cloud.detect.calibrate import at_threshold
 
 _NORMAL = NormalDist()
@@ -65,7 +65,7 @@ class GaussianDetector:
 
     def process(self, ts: float, value: float) -> Verdict:
         if not math.isfinite(value):
-            return Verdict(1.0, True)
+            return NON_FINITE
         raw = self.raw_score(ts, value)
         threshold = self._threshold()
         anomalous = raw > 0.0 and raw >= threshold

@@ -15,7 +15,7 @@ from typing import Any
 
 from river import anomaly, preprocessing, stats
 
-from cloud.detect.base import Verdict
+from cloud.detect.base import NON_FINITE, Verdict
 from cloud.detect.calibrate import at_threshold
 
 
@@ -78,7 +78,7 @@ class HalfSpaceTreesDetector:
 
     def process(self, ts: float, value: float) -> Verdict:
         if not math.isfinite(value):
-            return Verdict(1.0, True)
+            return NON_FINITE
         raw = self.raw_score(ts, value)
         threshold = self._threshold()
         anomalous = raw > 0.0 and raw >= threshold

@@ -12,13 +12,24 @@ Three questions per reading, each answered in O(1) pure Python (no numpy, no riv
   learned: the first reading of each flagged run teaches it, capped, so frequent jumps raise
   the threshold while a long fault counts once.
 - Is the value outside the range the stream has lived in? A slowly adapting envelope catches
-  drifts and large shifts that the level would otherwise follow.
+  drifts and large shifts that the level would otherwise follow. An excursion alarmed once
+  widens the range, so a wandering stream is not alarmed again for the same place; for counts
+  the level must be outside too (one count of a heavy tail is the residual's question).
 - Has the sensor stopped moving? A run of (near-)repeated values is scored by its surprise under
   the stream's own probability of repeating after a repeat, so quantised and constant streams
   are judged by their own habits (stuck value, variance collapse).
 
 The raw score `S` is the largest of the three, each in units of its own threshold, and the score
-is `S / (1 + S)`: 0.5 is exactly this stream's decision boundary. Flagged readings do not teach
+is `S / (1 + S)`: 0.5 is exactly this stream's decision boundary. The threshold's risk per reading
+is the stream's sampling interval over a fixed false-alarm budget (`ALARM_BUDGET`, within
+`RISK_MIN`..`RISK_MAX`), so a stream read every minute does not raise five times the false
+alarms per day of one read every five minutes. A stream whose first
+readings are all non-negative whole numbers is a count, judged on a scale that is linear near
+zero and logarithmic above its typical count (bursts and heavy tails are its habit). An
+anomalous verdict says what it saw (`kind`: spike, dip, level shift, noise burst, stuck,
+out of range) and why in the stream's own numbers (`evidence`), and its expected range is that
+of the question that fired (the level's band, or the range the stream has lived in); normal
+verdicts pay for none of that. Flagged readings do not teach
 the scale, the calibrator or the envelope; the level follows them slowly so that a genuine new
 regime is adopted, and anything anomalous for `PATIENCE` seconds on end becomes the new normal.
 """
@@ -32,7 +43,7 @@ from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any
 
-from cloud.detect.base import Verdict
+from cloud.detect.base import NON_FINITE, Verdict
 from cloud.detect.calibrate import TailThreshold, named_state, restore_state
 
 _INF = math.inf
@@ -40,7 +51,7 @@ _sqrt = math.sqrt
 _log = math.log
 
 WARMUP = 20  # readings collected before the first score (robust start: medians, not means)
-QUIET = 60  # readings scored and learned, but never reported anomalous (calibration)
+QUIET = 180  # readings scored and learned, but never reported anomalous (calibration)
 ALPHA = 0.25  # level gain on a normal reading
 ALPHA_FLAGGED = 0.05  # level gain on a flagged reading
 DEV_GAIN = 0.02  # gain of the typical step (the scale)
@@ -60,6 +71,9 @@ REPEAT_TOL = 0.25  # a step below this many scales counts as "not moving"
 REPEAT_GAIN = 0.01
 STUCK_NATS = 12.0  # surprise (nats) of a run of repeats that makes a fault
 PATIENCE = 6 * 3600.0  # anomalous this long without a break: accept it as the new normal
+ALARM_BUDGET = 14 * 86_400.0  # a reading's false-alarm risk is its interval / this (per stream) ...
+RISK_MAX = 1e-4  # ... within these bounds: very slow streams still get a tail to learn from,
+RISK_MIN = 1e-5  # ... very fast ones a threshold their tail estimate can reach
 
 
 # The attributes, which are also the checkpoint's named state (__getstate__).
@@ -69,6 +83,8 @@ _SENSOR_STATE = (
     "alt_level",
     "alt_seen",
     "cal",
+    "count_m",
+    "counts",
     "dev",
     "dt_typ",
     "env_ts",
@@ -105,7 +121,10 @@ class SensorDetector:
     (False, True)
     >>> v = det.process(18120.0, 20.2)
     >>> round(v.score, 2), round(v.expected_low, 1), round(v.expected_high, 1)
-    (0.16, 17.8, 23.8)
+    (0.14, 17.4, 24.2)
+    >>> v = det.process(18180.0, 35.0)
+    >>> v.kind, v.evidence
+    ('spike', 'value 35 {unit}, 40.7 typical steps above the level 20.6 {unit}')
     """
 
     name = "sensor"
@@ -118,9 +137,11 @@ class SensorDetector:
     def __setstate__(self, state: object) -> None:
         restore_state(self, state)
 
-    def __init__(self, *, seed: int = 0, risk: float = 1e-4) -> None:
-        self.cal = TailThreshold(risk=risk)
+    def __init__(self, *, seed: int = 0) -> None:
+        self.cal = TailThreshold(risk=RISK_MAX)
         self._boot: list[tuple[float, float]] | None = []
+        self.counts = False  # a count stream, judged on its own scale (decided after the warm-up)
+        self.count_m = 1.0  # ... the typical count, where that scale turns from linear to log
         self.n = 0
         self.t0 = self.env_ts = 0.0
         self.last_ts = -_INF
@@ -158,7 +179,12 @@ class SensorDetector:
         s = z / self.cal.threshold
         if (x > self.hi or x < self.lo) and ts - self.t0 >= ENV_WARM:
             hi, lo = self.hi, self.lo
-            e = (x - hi if x > hi else lo - x) / (ENV_MARGIN * (hi - lo) + ENV_DEVS * dev)
+            out = x - hi if x > hi else lo - x
+            if self.counts:  # a count and the level both outside: one count of a heavy tail is
+                near = level - hi if x > hi else lo - level  # the residual's question
+                if near < out:  # noqa: PLR1730 - the hot path avoids calls to min()
+                    out = near
+            e = out / (ENV_MARGIN * (hi - lo) + ENV_DEVS * dev)
             if e > s:  # noqa: PLR1730 - the hot path avoids calls to max()
                 s = e
         run = 0
@@ -175,7 +201,7 @@ class SensorDetector:
             return 1.0
         if self._boot is not None:
             return 0.0
-        s = self._assess(ts, value)[0]
+        s = self._assess(ts, _to_counts(value, self.count_m) if self.counts else value)[0]
         return s / (1.0 + s)
 
     # -- learning --------------------------------------------------------------------------
@@ -191,11 +217,20 @@ class SensorDetector:
         if len(boot) < WARMUP:
             return
         values = [v for _, v in boot]
+        # Counts (events, requests) are judged on their own scale (`_to_counts`)
+        self.counts = all(v >= 0.0 and v == math.floor(v) for v in values) and max(values) >= 2.0
+        if self.counts:
+            m = self.count_m = max(1.0, statistics.median(values))
+            values = [_to_counts(v, m) for v in values]
+            x = values[-1]
+            self.prev = x
         steps = [abs(b - a) for a, b in pairwise(values)]
         nonzero = [d for d in steps if d > 0.0]
         gaps = [b[0] - a[0] for a, b in pairwise(boot) if b[0] > a[0]]
         self.t0 = self.env_ts = boot[0][0]
         self.dt_typ = statistics.median(gaps) if gaps else 0.0
+        if self.dt_typ > 0.0:  # the false-alarm budget is per time, whatever the sampling
+            self.cal.set_risk(min(RISK_MAX, max(RISK_MIN, self.dt_typ / ALARM_BUDGET)))
         self.quantum = min(nonzero) if nonzero else _INF
         self.lo, self.hi = min(values), max(values)
         self._boot = None
@@ -275,6 +310,13 @@ class SensorDetector:
         if z < threshold:
             self.pend = None
             self.level += ALPHA * (x - self.level)
+            if self.flag_run == 1 and (x > self.hi or x < self.lo) and ts - self.t0 >= ENV_WARM:
+                # outside the range, alarmed once: the range takes it in, so the same excursion
+                # again (a heavy tail, a wandering level) is not a new alarm, only a further one
+                if x > self.hi:
+                    self.hi = x
+                else:
+                    self.lo = x
             return
         pend = self.pend
         if pend is None:  # remember the regime we are leaving, in case this is a new one
@@ -366,8 +408,9 @@ class SensorDetector:
         if self._boot is not None:
             self._start(ts, value)
             return
-        _, z, _, _, run, other = self._assess(ts, value)
-        self._learn(ts, value, flagged=False, z=z, run=run, other=other, step=abs(value - self.prev))
+        x = _to_counts(value, self.count_m) if self.counts else value
+        _, z, _, _, run, other = self._assess(ts, x)
+        self._learn(ts, x, flagged=False, z=z, run=run, other=other, step=abs(x - self.prev))
 
     def process(self, ts: float, value: float) -> Verdict:
         """Score, decide against this stream's threshold, and learn unless flagged.
@@ -377,10 +420,13 @@ class SensorDetector:
         """
         x = value
         if x - x != 0.0:  # NaN or inf
-            return _NONFINITE
+            return NON_FINITE
         if self._boot is not None:
             self._start(ts, x)
             return _QUIET
+        counts = self.counts
+        if counts:
+            x = _to_counts(x, self.count_m)
         # -- score (= _assess) --
         dev = self.dev
         dt = ts - self.last_ts
@@ -396,21 +442,36 @@ class SensorDetector:
         cal = self.cal
         threshold = cal.threshold
         s = z / threshold
+        why = _WHY_LEVEL
         hi, lo = self.hi, self.lo
         if (x > hi or x < lo) and ts - self.t0 >= ENV_WARM:
-            e = (x - hi if x > hi else lo - x) / (ENV_MARGIN * (hi - lo) + ENV_DEVS * dev)
-            if e > s:  # noqa: PLR1730 - the hot path avoids calls to max()
+            out = x - hi if x > hi else lo - x
+            if counts:
+                near = level - hi if x > hi else lo - level
+                if near < out:  # noqa: PLR1730
+                    out = near
+            e = out / (ENV_MARGIN * (hi - lo) + ENV_DEVS * dev)
+            if e > s:
                 s = e
+                why = _WHY_RANGE
         step = abs(x - self.prev)
         run = 0
         if step <= REPEAT_TOL * dev:
             run = self.run + 1
             stuck = run * self.rep_cost
-            if stuck > s:  # noqa: PLR1730
+            if stuck > s:
                 s = stuck
+                why = _WHY_STUCK
         flagged = s >= 1.0
         band = threshold * dev * widen
-        verdict = Verdict(s / (1.0 + s), flagged and self.n >= QUIET, level - band, level + band)
+        if flagged and self.n >= QUIET:  # rare: only an alert pays for its explanation
+            verdict = self._explain(x, s, why=why, threshold=threshold, widen=widen, run=run)
+        elif counts:
+            m = self.count_m
+            low = _from_counts(level - band, m)
+            verdict = Verdict(s / (1.0 + s), False, low if low > 0.0 else 0.0, _from_counts(level + band, m))
+        else:
+            verdict = Verdict(s / (1.0 + s), False, level - band, level + band)
         # -- learn (= _learn) --
         self.n += 1
         if dt > 0.0:
@@ -453,8 +514,110 @@ class SensorDetector:
             self._contract(ts)
         return verdict
 
+    def _explain(self, x: float, s: float, *, why: int, threshold: float, widen: float, run: int) -> Verdict:
+        """The anomalous verdict: what was seen (a kind of ANOMALY_KINDS), why in the stream's
+        own numbers, and the range the detector expected at this moment for that question.
+
+        The range is the current regime's: an anomalous reading is far from both regimes, and
+        the one where the stream is, not the one it might return to, is what it expected.
+        """
+        score = s / (1.0 + s)
+        level = self.level
+        scale = self.dev * widen
+        band = threshold * scale
+        if self.counts:
+            return self._explain_count(x, score, why=why, level=level, band=band, run=run)
+        if why == _WHY_STUCK:
+            dt = self.dt_typ
+            every = dt / (1.0 - self.rep_p) if self.rep_p < 1.0 else _INF
+            held = f"unchanged at {_num(x)} {{unit}} for {run + 1} readings"
+            if dt > 0.0:
+                held = f"unchanged at {_num(x)} {{unit}} for {_duration(run * dt)}"
+            habit = f"; this stream changes every {_duration(every)}" if every < _INF and dt > 0.0 else ""
+            return Verdict(score, True, level - band, level + band, "stuck", held + habit)
+        if why == _WHY_RANGE:
+            hi, lo = self.hi, self.lo
+            allowed = ENV_MARGIN * (hi - lo) + ENV_DEVS * scale
+            side = "above" if x > hi else "below"
+            evidence = (
+                f"value {_num(x)} {{unit}}, {side} the range {_num(lo)}..{_num(hi)} {{unit}} it has lived in"
+            )
+            return Verdict(score, True, lo - allowed, hi + allowed, "out_of_range", evidence)
+        steps = abs(x - level) / scale
+        side = "above" if x > level else "below"
+        kind = "spike" if x > level else "dip"
+        if self.flag_run >= 1:  # the previous reading was flagged too: a run, not a lone point
+            pend = self.pend
+            if pend is not None and self.pend_n >= 2 and abs(x - pend) <= 3.0 * self.dev:
+                kind = "level_shift"
+            elif (x - level) * (self.prev - level) < 0.0:
+                kind = "noise_burst"
+        evidence = (
+            f"value {_num(x)} {{unit}}, {_num(steps)} typical steps {side} the level {_num(level)} {{unit}}"
+        )
+        return Verdict(score, True, level - band, level + band, kind, evidence)
+
+    def _explain_count(
+        self, x: float, score: float, *, why: int, level: float, band: float, run: int
+    ) -> Verdict:
+        """`_explain` for a count stream: its numbers back on the stream's own scale."""
+        m = self.count_m
+        value, usual = _from_counts(x, m), _from_counts(level, m)
+        low = max(0.0, _from_counts(level - band, m))
+        high = _from_counts(level + band, m)
+        if why == _WHY_STUCK:
+            evidence = f"unchanged at {_num(value)} {{unit}} for {_duration(run * self.dt_typ)}"
+            return Verdict(score, True, low, high, "stuck", evidence)
+        if why == _WHY_RANGE:
+            lo, hi = _from_counts(self.lo, m), _from_counts(self.hi, m)
+            side = "above" if value > hi else "below"
+            evidence = (
+                f"count {_num(value)} {{unit}}, {side} the range {_num(lo)}..{_num(hi)} {{unit}} "
+                "it has lived in"
+            )
+            allowed = ENV_MARGIN * (self.hi - self.lo) + ENV_DEVS * self.dev
+            low = max(0.0, _from_counts(self.lo - allowed, m))
+            return Verdict(score, True, low, _from_counts(self.hi + allowed, m), "out_of_range", evidence)
+        kind = "spike" if x > level else "dip"
+        times = (value + 1.0) / (usual + 1.0)
+        ratio = f"{_num(times)} times" if times >= 1.0 else f"1/{_num(1.0 / times)} of"
+        evidence = f"count {_num(value)} {{unit}}, {ratio} the usual {_num(usual)} {{unit}}"
+        return Verdict(score, True, low, high, kind, evidence)
+
     def to_bytes(self) -> bytes:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _to_counts(x: float, m: float) -> float:
+    """The counts scale: m log(1 + x/m), mirrored below 0. Linear near zero (small counts keep
+    their steps), logarithmic well above the typical count m, where bursts and heavy tails
+    become the thin exponential tails the calibrator expects."""
+    return math.copysign(m * math.log1p(abs(x) / m), x)
+
+
+def _from_counts(y: float, m: float) -> float:
+    """The inverse of `_to_counts`."""
+    return math.copysign(m * math.expm1(abs(y) / m), y)
+
+
+def _num(x: float) -> str:
+    """A number as people read it: 3 significant digits, no exponent for everyday sizes."""
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0.0 or 0.01 <= abs(x) < 1e6:
+        text = f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+        return text if "e" not in text else f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120.0:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600.0:
+        return f"{seconds / 60.0:.0f} min"
+    if seconds < 2 * 86_400.0:
+        return f"{seconds / 3600.0:.1f} h"
+    return f"{seconds / 86_400.0:.1f} days"
 
 
 def _trailing(flags: list[bool]) -> Iterator[bool]:
@@ -471,7 +634,9 @@ def _regime_step(values: list[float], above: bool, cut: float) -> float:
     return statistics.median(steps) if steps else 0.0
 
 
-_NONFINITE = Verdict(1.0, True)
+_WHY_LEVEL = 0  # which question made the score: the residual against the level,
+_WHY_RANGE = 1  # ... the range the stream has lived in,
+_WHY_STUCK = 2  # ... or a run of repeated values
 _QUIET = Verdict(0.0, False)
 
 __all__ = ["SensorDetector"]

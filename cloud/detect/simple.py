@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import pickle
 
-from cloud.detect.base import Verdict
+from cloud.detect.base import NON_FINITE, Verdict
 
 
 class EwmaDetector:
@@ -55,7 +55,7 @@ class EwmaDetector:
 
     def process(self, ts: float, value: float) -> Verdict:
         if not math.isfinite(value):
-            return Verdict(1.0, True)
+            return NON_FINITE
         score = self.score_one(ts, value)
         anomalous = score >= 0.5
         if not anomalous:

@@ -39,6 +39,7 @@ from cloud.alerts.episodes import (
     Transition,
     alert_id,
 )
+from cloud.alerts.explain import in_units
 from cloud.detect import (
     CheckpointError,
     StreamDetector,
@@ -48,6 +49,7 @@ from cloud.detect import (
     make_detector,
 )
 from cloud.errors import StoreError
+from cloud.notify.delivery import Router
 from cloud.store.api import AlertRecord, DeadLetter, ReadingsItem, ReplayRow, Store, StreamCheckpoint
 from devices import wire
 from devices.errors import ReservedDeviceId, TopicError, WireError
@@ -316,7 +318,7 @@ class _Batch:
 class _Stream:
     """One series' detector and its two episode trackers (live and late)."""
 
-    __slots__ = ("detector", "dirty", "last", "late", "live", "process", "series_id", "watermark")
+    __slots__ = ("detector", "dirty", "late", "live", "process", "series_id", "watermark")
 
     def __init__(
         self, series_id: int, detector: StreamDetector, live: EpisodeTracker, late: EpisodeTracker
@@ -326,24 +328,26 @@ class _Stream:
         self.process = detector.process  # bound once: the hot loop calls it per reading
         self.live = live
         self.late = late
-        self.last: Verdict | None = None  # the latest live verdict: late alerts borrow its range
         self.dirty = True
         self.watermark = 0  # the last message whose readings this stream processed
 
+    def late_verdict(self, ts: float, value: float, score: float, threshold: float) -> Verdict:
+        """The verdict on a backfilled reading, which the live state scores but must not learn.
+
+        A flagged one gets what the live detector would say of it now (range, kind, evidence)
+        from a throwaway copy of its checkpoint (a restored detector gives exactly the
+        original's verdicts): one checkpoint round trip, paid only for flagged backlog readings;
+        a normal one needs only its score.
+        """
+        if score < threshold:
+            return Verdict(score, False)
+        seen = detector_from_bytes(detector_to_bytes(self.detector)).process(ts, value)
+        return Verdict(score, True, seen.expected_low, seen.expected_high, seen.kind, seen.evidence)
+
     def checkpoint(self, detector_name: str) -> StreamCheckpoint:
-        last = self.last
-        tracker = {
-            "live": self.live.to_state(),
-            "late": self.late.to_state(),
-            "last": {
-                "score": last.score,
-                "anomalous": last.anomalous,
-                "expected_low": last.expected_low,
-                "expected_high": last.expected_high,
-            }
-            if last
-            else None,
-        }
+        # Checkpoints before 1.2 also held "last" (the live verdict late alerts borrowed a range
+        # from); it is ignored when read.
+        tracker = {"live": self.live.to_state(), "late": self.late.to_state()}
         return StreamCheckpoint(
             self.series_id,
             detector_name,
@@ -364,6 +368,7 @@ class Pipeline:
         now: float,
         recover: bool = True,
         scope: Callable[[str], bool] | None = None,
+        notify: Router | None = None,
     ) -> None:
         """`recover=False` starts every stream fresh and touches nothing in the store (replay).
 
@@ -375,6 +380,7 @@ class Pipeline:
         self.scope = scope
         make_detector(settings.detector)  # fail fast on an unknown name
         self.store = store
+        self.notify = notify  # queues each fresh transition for the sinks that route it
         self.acks = AckCoalescer(settings.ack_interval)
         self.silence = SilenceWatch(settings.silence)
         self._streams: dict[int, _Stream] = {}
@@ -505,8 +511,6 @@ class Pipeline:
                 EpisodeTracker.from_state(state["live"], settings.episodes),
                 EpisodeTracker.from_state(state["late"], settings.episodes),
             )
-            if state.get("last"):
-                stream.last = Verdict(**state["last"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"unreadable episode state: {type(exc).__name__}: {exc}") from exc
         stream.dirty = False
@@ -655,15 +659,9 @@ class Pipeline:
                 tracker = stream.late
                 if score < threshold and tracker.phase is normal:
                     continue
-                last = stream.last
-                verdict = Verdict(
-                    score,
-                    score >= threshold,
-                    last.expected_low if last else None,
-                    last.expected_high if last else None,
-                )
+                verdict = stream.late_verdict(ts, value, score, threshold)
             else:
-                verdict = stream.last = stream.process(ts, value)
+                verdict = stream.process(ts, value)
                 tracker = stream.live
                 if not verdict.anomalous and tracker.phase is normal:
                     continue
@@ -713,6 +711,7 @@ class Pipeline:
 
     def _episode(self, series_id: int, t: Transition, late: bool, batch: _Batch) -> None:
         info = self.store.series_info(series_id)
+        unit = info.unit
         event = AlertEvent(
             alert_id=alert_id(info.device, info.sensor, info.metric, AlertKind.ANOMALY, t.start, late=late),
             device=info.device,
@@ -730,6 +729,10 @@ class Pipeline:
             detector=self.settings.detector,
             msg_id=t.msg_id,
             sensor=info.sensor,
+            anomaly_kind=t.kind,
+            evidence=in_units(t.evidence, unit),
+            opening_evidence=in_units(t.opening_evidence, unit),
+            peak_ts=t.peak_ts,
         )
         self._record(event, batch)
 
@@ -781,6 +784,10 @@ class Pipeline:
                     acked_at=None,
                     acked_by="",
                     note="",
+                    anomaly_kind=e.anomaly_kind,
+                    evidence=e.evidence,
+                    opening_evidence=e.opening_evidence,
+                    peak_ts=e.peak_ts,
                 )
             )
         else:
@@ -792,6 +799,8 @@ class Pipeline:
                 value=e.value,
                 expected_low=e.expected_low,
                 expected_high=e.expected_high,
+                evidence=e.evidence,
+                peak_ts=e.peak_ts,
             )
         if not fresh:
             return
@@ -800,11 +809,13 @@ class Pipeline:
             report.late_alerts += int(e.late)
         else:
             report.alerts_closed += 1
+        if self.notify is not None:
+            self.notify.enqueue(store.get_alert(e.alert_id), now)
         payload = wire.encode_alert(e)
         outbox_id = store.enqueue_publication(e.device, payload, now)
         report.publications.append(Publication(wire.alert_topic(e.device), payload, outbox_id))
         log.info(
-            "alert %s %s %s %s/%s start=%.3f peak=%.3f late=%s msg_id=%s",
+            "alert %s %s %s %s/%s start=%.3f peak=%.3f late=%s msg_id=%s %s: %s",
             e.alert_id,
             e.state,
             e.kind,
@@ -814,6 +825,8 @@ class Pipeline:
             e.peak_score,
             e.late,
             e.msg_id,
+            e.anomaly_kind or "-",
+            e.evidence or "-",
         )
 
     def detector(self, device: str, sensor: str, metric: str) -> StreamDetector | None:

@@ -193,7 +193,7 @@ def alerts_list(
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """List alerts newest first; open ones stand out, acknowledged ones are marked.
+    """List alerts newest first with a short reason; open ones stand out, acknowledged ones are marked.
 
     Example: edgewatch alerts list --since 12h --open --db /var/lib/edgewatch/cloud.db
     """
@@ -234,7 +234,8 @@ def alerts_follow(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Print alerts live as the aggregator raises and closes them (needs only the broker).
+    """Print alerts live, each with its reason, as the aggregator raises and closes them (needs only
+    the broker).
 
     Reconnects by itself; connection changes are reported on stderr. Ctrl-C stops.
 
@@ -298,6 +299,7 @@ def _event_json(alert: Any) -> dict[str, Any]:
 
     data = {k: str(v) if k in ("kind", "state") else v for k, v in asdict(alert).items()}
     data["start_iso"], data["end_iso"] = iso(alert.start), iso(alert.end)
+    data["peak_ts_iso"] = iso(alert.peak_ts)
     return data
 
 
@@ -313,8 +315,16 @@ def alerts_show(
     ],
     *,
     png: Annotated[
-        Path | None, typer.Option("--png", help="Also write the plot as a PNG image here.")
+        Path | None,
+        typer.Option(
+            "--png",
+            help="Also write the plot as a PNG image here (matplotlib): the anomaly window shaded, "
+            "the expected range the detector held, the peak circled, the reason in the title.",
+        ),
     ] = None,
+    png_size: Annotated[
+        str, typer.Option("--png-size", metavar="WxH", help="Size of the PNG in pixels.")
+    ] = "1200x600",
     margin: Annotated[
         str, typer.Option(help="Time shown before and after the episode (at least its own length).")
     ] = "10m",
@@ -326,12 +336,14 @@ def alerts_show(
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Show one alert: details and a plot around it, anomaly window and expected range marked.
+    """Show one alert: details with its reason in full, and a plot around it (anomaly window,
+    the expected range at the peak, the peak reading marked).
 
     Example: edgewatch alerts show 2edb00bc --png alert.png
     """
     from cloud.errors import NotFound
     from cloud.ops.views import (
+        PlotUnavailable,
         alert_details,
         alert_json,
         alert_plot,
@@ -343,6 +355,7 @@ def alerts_show(
     )
 
     pad = _duration(margin, "--margin")
+    size = _png_size(png_size)
     now = time.time()
     with _store(db, config) as store:
         try:
@@ -368,7 +381,9 @@ def alerts_show(
         if plot is None:
             raise _fail(f"no readings of {alert.device} {alert.metric or '(silent alert)'} to plot")
         try:
-            png.write_bytes(plot_png(plot))
+            png.write_bytes(plot_png(plot, width=size[0], height=size[1]))
+        except PlotUnavailable as exc:
+            raise _fail(str(exc)) from None
         except OSError as exc:
             raise _fail(f"cannot write {png}: {exc.strerror or exc}") from None
     if json_out:
@@ -396,6 +411,15 @@ def alerts_show(
         console.out(text, highlight=False)  # already ANSI-coloured (or plain): no markup
     if png is not None:
         console.print(f"wrote {png}")
+
+
+def _png_size(text: str) -> tuple[int, int]:
+    from cloud.ops.views import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--png-size") from None
 
 
 @alerts_app.command("ack")

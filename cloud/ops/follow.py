@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from rich.markup import escape
 
 from devices import wire
 from devices.backoff import Backoff
@@ -120,6 +121,8 @@ def format_alert(alert: AlertEvent) -> str:
         else ""
     )
     value = f" value {alert.value:.4g}" if alert.value is not None else ""
+    if alert.evidence:  # v1.2: the reason names the value (and the range) in the stream's units
+        value = expected = ""
     late = " [magenta]LATE[/]" if alert.late else ""
     # The same labels as `alerts list`: sensor/metric (v1.1 alerts), the metric alone, or "-".
     series = f"{alert.sensor}/{alert.metric}" if alert.sensor and alert.metric else (alert.metric or "-")
@@ -127,9 +130,14 @@ def format_alert(alert: AlertEvent) -> str:
         head = f"[bold red]OPEN  [/] {alert.kind:<7}"
     else:
         head = f"[green]CLOSED[/] {alert.kind:<7}"
+    # Why (v1.2 alerts): the kind and the reason for the reading shown, in the stream's units.
+    what = alert.anomaly_kind.replace("_", " ")
+    why = f" [yellow]{escape(what)}[/]" if what else ""
+    if alert.evidence:
+        why += f"{':' if what else ''} {escape(alert.evidence)}"
     return (
         f"{_ts(alert.start)} {head} [bold]{alert.device}[/] {series}"
-        f" score {alert.peak_score:.2f}{value}{expected}{late} [dim]{alert.alert_id}[/]"
+        f" score {alert.peak_score:.2f}{value}{expected}{late}{why} [dim]{alert.alert_id}[/]"
     )
 
 

@@ -9,10 +9,11 @@ fetch records, call one of these, and print. Timestamps are shown in UTC, like
 from __future__ import annotations
 
 import base64
-import itertools
+import io
 import math
 import re
 import statistics
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -22,7 +23,6 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cloud.ops import png
 from cloud.store.api import (
     AlertRecord,
     DeadLetterRecord,
@@ -31,11 +31,17 @@ from cloud.store.api import (
     StoredReading,
 )
 
-ALERT_TIME_FIELDS: Final = ("start", "end", "opened_at", "closed_at", "acked_at")
+ALERT_TIME_FIELDS: Final = ("start", "end", "opened_at", "closed_at", "acked_at", "peak_ts")
 DEVICE_TIME_FIELDS: Final = ("first_seen", "last_seen", "status_ts")
 SPARK_CHARS: Final = "▁▂▃▄▅▆▇█"
 WINDOW_LABEL: Final = "anomaly window"
 EXPECTED_LABEL: Final = "expected range"
+PEAK_LABEL: Final = "peak"
+WHY_WIDTH: Final = 40  # characters of the reason in `alerts list`; `show` prints it whole
+_SILENT_WHY: Final = {
+    "timeout": "nothing heard past its usual interval",
+    "will": "its last will arrived: the connection dropped",
+}
 SHORT_ID: Final = 12  # characters of an alert id shown in tables; `show` and `ack` take a prefix
 _UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhdw])\s*$")
@@ -74,6 +80,18 @@ def parse_since(text: str, now: float) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1200x600' -> (1200, 600) pixels; ValueError outside 200..8000 x 150..8000.
+
+    >>> parse_size("800X400")
+    (800, 400)
+    """
+    width, _, height = text.strip().lower().partition("x")
+    if width.isdigit() and height.isdigit() and 200 <= int(width) <= 8000 and 150 <= int(height) <= 8000:
+        return int(width), int(height)
+    raise ValueError(f"{text!r} is not a size like 1200x600 (200..8000 x 150..8000 pixels)")
 
 
 def iso(ts: float | None) -> str | None:
@@ -129,11 +147,28 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 
 def alert_json(alert: AlertRecord) -> dict[str, Any]:
-    """Every field of the alert, each timestamp also as ISO-8601, plus `acked` and `duration`."""
+    """Every field of the alert, each timestamp also as ISO-8601, plus `acked`, `duration` and
+    `why` (the one-line reason `alerts list` shortens)."""
     data = _with_iso(asdict(alert), ALERT_TIME_FIELDS)
     data["acked"] = alert.acked_at is not None
     data["duration"] = None if alert.end is None else alert.end - alert.start
+    data["why"] = why(alert)
     return data
+
+
+def why(alert: AlertRecord) -> str:
+    """The reason in one line: "spike: value 239 W, 24 typical steps above the level 8.4 W".
+
+    The peak reading's evidence (the reading whose value and expected range the alert shows);
+    the opening reading's if an older checkpoint lost the peak's; for a silent alert, what
+    made it silent; "" for an alert stored before alerts said why.
+    """
+    if alert.kind == "silent":
+        return _SILENT_WHY.get(alert.detector, "")
+    evidence = alert.evidence or alert.opening_evidence
+    if alert.anomaly_kind and evidence:
+        return f"{alert.anomaly_kind.replace('_', ' ')}: {evidence}"
+    return evidence or alert.anomaly_kind.replace("_", " ")
 
 
 def _state_text(alert: AlertRecord) -> Text:
@@ -155,6 +190,15 @@ def _ack_text(alert: AlertRecord) -> Text:
     return Text(f"✓ acked{who}", style="cyan")
 
 
+def _cut(text: str, width: int) -> str:
+    """At most `width` characters, the last one an ellipsis if anything was cut.
+
+    >>> _cut("spike: value 239 W", 12), _cut("dip", 12)
+    ('spike: valu…', 'dip')
+    """
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def alerts_table(alerts: Sequence[AlertRecord], now: float) -> Table:
     """Newest first as given; open alerts in bold red, acknowledged ones marked."""
     table = Table(title=f"{len(alerts)} alert{'s' if len(alerts) != 1 else ''}", title_justify="left")
@@ -169,10 +213,12 @@ def alerts_table(alerts: Sequence[AlertRecord], now: float) -> Table:
         ("score", "right"),
         ("value", "right"),
         ("expected", "right"),
+        ("why", "left"),
         ("ack", "left"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for a in alerts:
+        reason = why(a)
         metric = f"{a.sensor}/{a.metric}" if a.sensor and a.metric else (a.metric or "-")
         kind = f"{a.kind} late" if a.late else a.kind
         table.add_row(
@@ -186,6 +232,7 @@ def alerts_table(alerts: Sequence[AlertRecord], now: float) -> Table:
             f"{a.peak_score:.2f}",
             _num(a.value),
             _expected(a),
+            _cut(reason, WHY_WIDTH) or "-",
             _ack_text(a),
             style="bold" if a.state == "open" and a.acked_at is None else None,
         )
@@ -212,9 +259,15 @@ def alert_details(alert: AlertRecord, now: float) -> Table:
         ("start", f"{clock(alert.start)} UTC ({ago(alert.start, now)})"),
         ("end", f"{clock(alert.end)} UTC" if alert.end is not None else "still open"),
         ("duration", duration),
+        ("why", why(alert) or "-"),
+    ]
+    if alert.opening_evidence and alert.opening_evidence != alert.evidence:
+        rows.append(("when it opened", alert.opening_evidence))
+    rows += [
         ("peak score", f"{alert.peak_score:.3f}"),
+        ("peak at", f"{clock(alert.peak_ts)} UTC" if alert.peak_ts is not None else "-"),
         ("value at peak", _num(alert.value, 6)),
-        ("expected", _expected(alert)),
+        ("expected at peak", _expected(alert)),
         ("detector", alert.detector or "-"),
         ("msg_id", alert.msg_id or "-"),
     ]
@@ -233,15 +286,27 @@ def alert_details(alert: AlertRecord, now: float) -> Table:
 
 @dataclass(frozen=True, slots=True)
 class AlertPlot:
-    """One alert's metric around its episode, in x units relative to the episode's start."""
+    """One alert's series around its episode, in x units relative to the episode's start.
+
+    The expected range and the peak are the detector's at the reading shown (the alert's
+    peak): the range is drawn over the anomaly window only, where the detector held it, not
+    across readings it never judged against it.
+    """
 
     title: str
+    explanation: tuple[str, ...]  # the peak's reason, and the opening's if it differs (whole)
     xlabel: str
     ylabel: str
+    unit: str
     xs: tuple[float, ...]
     ys: tuple[float, ...]
     window: tuple[float, float]  # the anomaly window (start, end) in x units
+    shade: tuple[float, float]  # the window as drawn: at least MIN_SHADE of the plot wide
     expected: tuple[float, float] | None  # the detector's expected range at the peak
+    peak: tuple[float, float] | None  # (x, value) of the reading at the peak
+    ylim: tuple[float, float]  # the readings, and the expected range unless it would flatten them
+    start: float  # unix seconds at x = 0 (the episode's start)
+    scale: float  # seconds per x unit
     since: float  # unix seconds of the plotted range
     until: float
 
@@ -249,7 +314,7 @@ class AlertPlot:
 def plot_range(alert: AlertRecord, margin: float, *, last_ts: float | None = None) -> tuple[float, float]:
     """[since, until) to fetch around an alert: the episode (still open: up to the newest
     reading) plus `margin`, or at least the episode's length, on each side."""
-    end = alert.end if alert.end is not None else max(alert.start, last_ts or alert.start)
+    end = max(alert.start, alert.end if alert.end is not None else last_ts or alert.start)
     pad = max(margin, end - alert.start)
     return alert.start - pad, end + pad
 
@@ -262,6 +327,45 @@ def _x_unit(span: float) -> tuple[str, float]:
     return "hours", 3600.0
 
 
+MIN_SHADE: Final = 0.015  # of the plot's width: a one-reading window is still seen
+Y_STRETCH: Final = 1.0  # the expected range may widen the view by this many data spans per side
+Y_PAD: Final = 0.06
+
+
+def view_limits(ys: Sequence[float], expected: tuple[float, float] | None) -> tuple[float, float]:
+    """Y limits that show every reading and as much of the expected range as does not flatten
+    them: the range may add up to `Y_STRETCH` times the readings' own span on each side.
+
+    >>> view_limits([0.0, 10.0], (2.0, 5.0))  # the range is inside: the readings decide
+    (-0.6, 10.6)
+    >>> view_limits([0.0, 10.0], (-500.0, 900.0))  # a far wider range is cut at 10 each side
+    (-11.8, 21.8)
+    """
+    lo, hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
+    span = hi - lo or abs(hi) or 1.0
+    if expected is not None:
+        lo = min(lo, max(expected[0], lo - Y_STRETCH * span))
+        hi = max(hi, min(expected[1], hi + Y_STRETCH * span))
+    pad = Y_PAD * (hi - lo)
+    return round(lo - pad, 12), round(hi + pad, 12)
+
+
+def _peak_ts(alert: AlertRecord, readings: Sequence[StoredReading], end: float) -> float | None:
+    """When the peak was: stored since schema v3; for an older alert, the first reading in the
+    episode with the peak's value, if there is one."""
+    if alert.peak_ts is not None or alert.value is None:
+        return alert.peak_ts
+    return next((r.ts for r in readings if alert.start <= r.ts <= end and r.value == alert.value), None)
+
+
+def _explanation(alert: AlertRecord) -> tuple[str, ...]:
+    peak = alert.evidence or alert.opening_evidence
+    lines = [f"peak: {peak}"] if peak else []
+    if alert.opening_evidence and alert.opening_evidence != peak:
+        lines.append(f"opened {clock(alert.start)[11:]} UTC: {alert.opening_evidence}")
+    return tuple(lines)
+
+
 def alert_plot(
     alert: AlertRecord, readings: Sequence[StoredReading], since: float, until: float
 ) -> AlertPlot:
@@ -270,19 +374,38 @@ def alert_plot(
     end = alert.end
     if end is None:
         end = max([alert.start, *(r.ts for r in readings if r.ts >= alert.start)])
+    end = max(end, alert.start)  # stored before the episode machine kept end >= start
     expected = None
     if alert.expected_low is not None and alert.expected_high is not None:
         expected = (alert.expected_low, alert.expected_high)
+    peak_ts = _peak_ts(alert, readings, end)
+    peak = None
+    if peak_ts is not None and alert.value is not None:
+        peak = ((peak_ts - alert.start) / scale, alert.value)
     unit = readings[0].unit if readings else ""
     state = alert.state if alert.acked_at is None else f"{alert.state}, acked"
+    what = alert.anomaly_kind.replace("_", " ") if alert.anomaly_kind else alert.kind
+    late = ", late" if alert.late else ""
+    xs = tuple((r.ts - alert.start) / scale for r in readings)
+    ys = tuple(r.value for r in readings)
+    window = (0.0, (end - alert.start) / scale)
+    x_lo, x_hi = (since - alert.start) / scale, (until - alert.start) / scale
+    grow = max(0.0, MIN_SHADE * (x_hi - x_lo) - (window[1] - window[0])) / 2
     return AlertPlot(
-        title=f"{alert.device} {alert.sensor}/{alert.metric}  alert {alert.alert_id[:SHORT_ID]} ({state})",
+        title=f"{alert.device} {alert.sensor}/{alert.metric}: {what} ({state}{late})",
+        explanation=_explanation(alert),
         xlabel=f"{unit_name} from alert start ({clock(alert.start)} UTC)",
         ylabel=f"{alert.metric} ({unit})" if unit else alert.metric,
-        xs=tuple((r.ts - alert.start) / scale for r in readings),
-        ys=tuple(r.value for r in readings),
-        window=(0.0, (end - alert.start) / scale),
+        unit=unit,
+        xs=xs,
+        ys=ys,
+        window=window,
+        shade=(window[0] - grow, window[1] + grow),
         expected=expected,
+        peak=peak,
+        ylim=view_limits(ys, expected),
+        start=alert.start,
+        scale=scale,
         since=since,
         until=until,
     )
@@ -305,7 +428,8 @@ def thin(readings: Sequence[StoredReading], max_points: int = 4000) -> list[Stor
 
 def plot_text(plot: AlertPlot, *, width: int = 100, height: int = 24, color: bool = True) -> str:
     """The plot as terminal text (plotext): the series, the anomaly window as two vertical
-    lines, the expected range as two horizontal lines, each named in the legend."""
+    lines, the expected range as two horizontal lines, the peak reading as a dot, each named
+    in the legend."""
     import plotext as plt  # noqa: PLC0415 - only `alerts show` draws: list and devices need not load it
 
     fig = plt.figure
@@ -327,6 +451,10 @@ def plot_text(plot: AlertPlot, *, width: int = 100, height: int = 24, color: boo
             low, "horizontal", pixel="green", style="dotted", label=f"{EXPECTED_LABEL} {low:.4g}..{high:.4g}"
         )
         fig.line(high, "horizontal", pixel="green", style="dotted")
+    if plot.peak is not None:
+        peak = fig.signal([plot.peak[0]], [plot.peak[1]], marker="●")
+        peak.label(f"{PEAK_LABEL} {plot.peak[1]:.4g}{f' {plot.unit}' if plot.unit else ''}")
+        fig.draw(peak)
     fig.title(plot.title)
     fig.label(plot.xlabel)
     try:
@@ -337,91 +465,97 @@ def plot_text(plot: AlertPlot, *, width: int = 100, height: int = 24, color: boo
     return text
 
 
-# Colours of the PNG chart.
-_BG: Final = (255, 255, 255)
-_INK: Final = (40, 40, 40)
-_GRID: Final = (225, 225, 225)
-_SERIES: Final = (31, 90, 200)
-_WINDOW: Final = (255, 222, 222)
-_WINDOW_EDGE: Final = (210, 30, 30)
-_EXPECTED: Final = (225, 245, 225)
-_EXPECTED_EDGE: Final = (40, 150, 40)
+class PlotUnavailable(RuntimeError):
+    """The PNG needs matplotlib (the `cloud` extra), which is not installed here."""
 
 
-def _ticks(lo: float, hi: float, count: int = 6) -> list[float]:
-    """Round tick values covering [lo, hi]."""
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / count
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+# Colours of the PNG chart (matplotlib's tab10 blue, red and green).
+SERIES_COLOUR: Final = "#1f77b4"
+WINDOW_COLOUR: Final = "#d62728"
+EXPECTED_COLOUR: Final = "#2ca02c"
 
 
-def plot_png(plot: AlertPlot, *, width: int = 960, height: int = 480) -> bytes:
-    """The same plot as a PNG: shaded anomaly window and expected band, axes, ticks, legend."""
-    scale = 2 if width >= 720 else 1
-    char_h = png.GLYPH_H * scale
-    left, right, top, bottom = 12 * (png.GLYPH_W + 1) * scale // 2 + 16, 16, 3 * char_h + 12, 3 * char_h + 16
-    canvas = png.Canvas(width, height, _BG)
-    pw, ph = width - left - right, height - top - bottom
-    xs, ys = plot.xs or (0.0,), plot.ys or (0.0,)
-    x_lo, x_hi = min(*xs, plot.window[0]), max(*xs, plot.window[1])
-    y_values = list(ys) + (list(plot.expected) if plot.expected else [])
-    y_lo, y_hi = min(y_values), max(y_values)
-    if x_hi == x_lo:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
-    pad = (y_hi - y_lo) * 0.08 or 1.0
-    y_lo, y_hi = y_lo - pad, y_hi + pad
+def plot_png(plot: AlertPlot, *, width: int = 1200, height: int = 600) -> bytes:
+    """The plot as a PNG of exactly `width` x `height` pixels, drawn by matplotlib (Agg, no
+    display): the series with the anomalous readings in red over the shaded window, the
+    expected range as the detector held it during the window, the peak reading circled, the
+    reason in the title, UTC times and the unit on the axes.
 
-    def px(x: float) -> int:
-        return left + round((x - x_lo) / (x_hi - x_lo) * (pw - 1))
+    matplotlib is imported here only (it takes a moment to load): `alerts list`, `show` without
+    `--png` and the aggregator never load it.
+    """
+    try:
+        from matplotlib import dates as mdates  # noqa: PLC0415 - see the docstring
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+        from matplotlib.figure import Figure  # noqa: PLC0415
+    except ImportError as exc:
+        raise PlotUnavailable("writing a PNG needs matplotlib: pip install 'edgewatch[cloud]'") from exc
 
-    def py(y: float) -> int:
-        return top + round((y_hi - y) / (y_hi - y_lo) * (ph - 1))
+    # matplotlib's date axis counts days from its epoch; its dates module has no type hints.
+    epoch_days = float(mdates.date2num(datetime.fromtimestamp(0, UTC)))  # type: ignore[no-untyped-call]
 
-    for ty in _ticks(y_lo, y_hi):
-        canvas.line(left, py(ty), left + pw - 1, py(ty), _GRID)
-        label = f"{ty:.4g}"
-        canvas.text(left - 6 - png.text_width(label, scale), py(ty) - char_h // 2, label, _INK, scale=scale)
-    for tx in _ticks(x_lo, x_hi):
-        canvas.line(px(tx), top, px(tx), top + ph - 1, _GRID)
-        label = f"{tx:.4g}"
-        canvas.text(px(tx) - png.text_width(label, scale) // 2, top + ph + 6, label, _INK, scale=scale)
+    def when(x: float) -> float:
+        return epoch_days + (plot.start + x * plot.scale) / 86_400.0
+
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg canvas, attached to this figure only (no pyplot state)
+    ax = fig.add_subplot()
+    unit = f" {plot.unit}" if plot.unit else ""
+    times = [when(x) for x in plot.xs]
+    lo, hi = plot.window
+    w0, w1 = when(plot.shade[0]), when(plot.shade[1])
+    y_lo, y_hi = plot.ylim
+    ax.axvspan(w0, w1, color=WINDOW_COLOUR, alpha=0.15, lw=0, label=WINDOW_LABEL)
     if plot.expected is not None:
         low, high = plot.expected
-        canvas.fill_rect(left, py(high), left + pw - 1, py(low), _EXPECTED)
-        canvas.line(left, py(high), left + pw - 1, py(high), _EXPECTED_EDGE, dash=6)
-        canvas.line(left, py(low), left + pw - 1, py(low), _EXPECTED_EDGE, dash=6)
-    w0, w1 = px(plot.window[0]), px(plot.window[1])
-    canvas.fill_rect(w0 - 1, top, max(w1, w0) + 1, top + ph - 1, _WINDOW)
-    canvas.line(w0, top, w0, top + ph - 1, _WINDOW_EDGE)
-    canvas.line(w1, top, w1, top + ph - 1, _WINDOW_EDGE)
-    points = [(px(x), py(y)) for x, y in zip(plot.xs, plot.ys, strict=True)]
-    for (xa, ya), (xb, yb) in itertools.pairwise(points):
-        canvas.line(xa, ya, xb, yb, _SERIES)
-    for x, y in points if len(points) < 60 else ():
-        canvas.fill_rect(x - 1, y - 1, x + 1, y + 1, _SERIES)
-    canvas.line(left, top + ph, left + pw, top + ph, _INK)
-    canvas.line(left - 1, top, left - 1, top + ph, _INK)
-    canvas.text(left, 6, plot.title, _INK, scale=scale)
-    canvas.text(
-        left + (pw - png.text_width(plot.xlabel, scale)) // 2,
-        height - char_h - 6,
-        plot.xlabel,
-        _INK,
-        scale=scale,
-    )
-    legend = [(plot.ylabel, _SERIES), (WINDOW_LABEL, _WINDOW_EDGE)]
-    if plot.expected is not None:
-        legend.append((f"{EXPECTED_LABEL} {plot.expected[0]:.4g}..{plot.expected[1]:.4g}", _EXPECTED_EDGE))
-    x = left
-    for label, colour in legend:
-        canvas.fill_rect(x, 6 + char_h + 8, x + 3 * scale * 4, 6 + char_h + 8 + char_h - 1, colour)
-        canvas.text(x + 3 * scale * 4 + 6, 6 + char_h + 8, label, _INK, scale=scale)
-        x += 3 * scale * 4 + 6 + png.text_width(label, scale) + 24
-    return png.encode_png(canvas)
+        label = f"{EXPECTED_LABEL} at the peak {low:.4g}..{high:.4g}{unit}"
+        if low > y_hi or high < y_lo:  # nowhere near the readings: say where it is
+            above = low > y_hi
+            ax.annotate(
+                f"{label} {'above' if above else 'below'} the view",
+                xy=(w1, y_hi if above else y_lo), xytext=(8, -14 if above else 6),
+                textcoords="offset points", color=EXPECTED_COLOUR, fontweight="bold",
+                arrowprops={"arrowstyle": "->", "color": EXPECTED_COLOUR},
+            )  # fmt: skip
+        else:
+            cut = " (cut at the view's edge)" if low < y_lo or high > y_hi else ""
+            ax.fill_between(
+                [w0, w1], max(low, y_lo), min(high, y_hi), color=EXPECTED_COLOUR, alpha=0.30, lw=0,
+                label=label + cut,
+            )  # fmt: skip
+        for y in (low, high):
+            if y_lo <= y <= y_hi:
+                ax.plot([w0, w1], [y, y], color=EXPECTED_COLOUR, lw=1.2, ls="--")
+    ax.plot(times, plot.ys, color=SERIES_COLOUR, lw=1.2, label=plot.ylabel)
+    inside = [(t, y) for x, t, y in zip(plot.xs, times, plot.ys, strict=True) if lo <= x <= hi]
+    if inside:
+        ax.plot(
+            [t for t, _ in inside], [y for _, y in inside], color=WINDOW_COLOUR, lw=1.6,
+            marker="." if len(inside) < 200 else None, label="readings in the window",
+        )  # fmt: skip
+    if plot.peak is not None:
+        px, py = plot.peak
+        ax.plot(
+            [when(px)], [py], ls="none", marker="o", ms=11, mfc="none", mec="black", mew=1.8,
+            label=f"{PEAK_LABEL} {py:.4g}{unit} at {clock(plot.start + px * plot.scale)[11:]} UTC",
+        )  # fmt: skip
+    locator = mdates.AutoDateLocator(tz=UTC)  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))  # type: ignore[no-untyped-call]
+    ax.set_xlim(when((plot.since - plot.start) / plot.scale), when((plot.until - plot.start) / plot.scale))
+    ax.set_ylim(y_lo, y_hi)
+    ax.set_xlabel("time (UTC)")
+    ax.set_ylabel(plot.ylabel)
+    ax.grid(True, color="#dddddd", lw=0.6)
+    ax.legend(loc="best", fontsize="small", framealpha=0.9)
+    columns = max(40, width // 8)
+    lines = [part for line in plot.explanation for part in textwrap.wrap(line, columns)[:2]]
+    ax.set_title("\n".join(lines) or "(no reason stored for this alert)", loc="left", fontsize="medium")
+    fig.suptitle(plot.title, x=0.01, ha="left", fontweight="bold")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -788,6 +922,7 @@ def dead_letter_details(d: DeadLetterRecord, now: float) -> RenderableType:
 
 __all__ = [
     "AlertPlot",
+    "PlotUnavailable",
     "SeriesView",
     "ago",
     "alert_details",
@@ -807,10 +942,12 @@ __all__ = [
     "iso",
     "parse_duration",
     "parse_since",
+    "parse_size",
     "payload_text",
     "plot_png",
     "plot_range",
     "plot_text",
     "sparkline",
     "thin",
+    "why",
 ]

@@ -14,8 +14,8 @@ run in a container). With client certificates the certificate is the credential:
 the private CA (deploy/make-ca.sh) with the device id as CN, and rotating it revokes the old one.
 
 Running it again changes nothing; `rotate=True` issues a new secret and rewrites only the secret
-in the bundle, so an operator's edits to the config survive. The broker must re-read its files
-afterwards (`systemctl reload mosquitto`): the result says when.
+in the bundle (tomlkit edits the file in place), so an operator's edits and comments survive.
+The broker must re-read its files afterwards (`systemctl reload mosquitto`): the result says when.
 
 Errors: everything expected raises `ProvisionError` with a message meant for the operator; the
 CLI prints it. OSError and openssl failures are translated here.
@@ -35,12 +35,16 @@ import shutil
 import subprocess
 import tempfile
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 from urllib.parse import quote
+
+import tomlkit
+from tomlkit import aot, comment, nl, table
+from tomlkit.exceptions import TOMLKitError
 
 from devices.broker import BrokerURL, BrokerURLError, parse_broker_url
 from devices.errors import EdgewatchError, InvalidDeviceId
@@ -251,11 +255,6 @@ def _copy_if_changed(src: Path, dst: Path) -> bool:
 # -- secrets in bundle files ------------------------------------------------------------------
 
 
-def _toml(value: str) -> str:
-    """A TOML basic string (our values never hold quotes or backslashes, but be exact anyway)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _read_secret(role: Role, config: Path) -> str | None:
     """The password a bundle's config holds, or None if there is no config yet."""
     if not config.exists():
@@ -279,12 +278,32 @@ def _read_secret(role: Role, config: Path) -> str | None:
         raise ProvisionError(f"{config}: aggregator.broker: {exc}") from exc
 
 
-def _replace_secret(config: Path, old: str, new: str) -> None:
-    """Swap the secret in place: an operator's other edits to the file survive a rotation."""
-    text = config.read_text(encoding="utf-8")
-    if text.count(old) != 1:
-        raise ProvisionError(f"cannot find the old secret exactly once in {config}; rewrite it by hand")
-    _write_atomic(config, text.replace(old, new), mode=0o600, keep_owner=True)
+def _url_with_credentials(url: BrokerURL, user: str, password: str) -> str:
+    scheme = "mqtts" if url.tls else "mqtt"
+    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{url.host}:{url.port}"
+
+
+def _rotate_secret(role: Role, user: str, config: Path, new: str) -> None:
+    """Set the new secret in the bundle's config through tomlkit, which keeps everything else of
+    the file as it was: an operator's edits, comments and layout survive a rotation."""
+    try:
+        text = config.read_text(encoding="utf-8")
+        if role is Role.VIEWER:  # one URL line, nothing else to keep
+            _write_atomic(config, _url_with_credentials(parse_broker_url(text.strip()), user, new) + "\n",
+                          mode=0o600, keep_owner=True)  # fmt: skip
+            return
+        doc = tomlkit.parse(text)
+        if role is Role.DEVICE:
+            broker = doc["broker"]
+            assert isinstance(broker, MutableMapping)
+            broker["password"] = new
+        else:
+            section = doc["aggregator"]
+            assert isinstance(section, MutableMapping)
+            section["broker"] = _url_with_credentials(parse_broker_url(str(section["broker"])), user, new)
+    except (OSError, UnicodeDecodeError, TOMLKitError, BrokerURLError, KeyError, AssertionError) as exc:
+        raise ProvisionError(f"cannot set the new secret in {config} ({exc}); rewrite it by hand") from exc
+    _write_atomic(config, tomlkit.dumps(doc), mode=0o600, keep_owner=True)
 
 
 def _device_config(
@@ -298,48 +317,48 @@ def _device_config(
 ) -> str:
     scheme = "mqtts" if url.tls else "mqtt"
     today = dt.datetime.now(dt.UTC).date().isoformat()
-    lines = [
-        f"# edgewatch agent config for device {device!r}, written by `edgewatch provision` on {today}.",
-        f"# Install as {install_dir}/agent.toml (mode 0640, group edgewatch): it holds a credential.",
-        "",
-        "[device]",
-        f"id = {_toml(device)}",
-        "",
-        "[broker]",
-        f"url = {_toml(f'{scheme}://{url.host}:{url.port}')}",
-    ]
+    doc = tomlkit.document()
+    doc.add(
+        comment(f"edgewatch agent config for device {device!r}, written by `edgewatch provision` on {today}.")
+    )
+    doc.add(
+        comment(f"Install as {install_dir}/agent.toml (mode 0640, group edgewatch): it holds a credential.")
+    )
+    doc.add(nl())
+    doc.add("device", table().add("id", device))
+    doc.add(nl())
+    broker = table().add("url", f"{scheme}://{url.host}:{url.port}")
     if client_cert:
-        lines += [
-            "# The client certificate is the credential; its CN is the device id.",
-            f"cert_file = {_toml(str(install_dir / 'client.crt'))}",
-            f"key_file = {_toml(str(install_dir / 'client.key'))}",
-        ]
+        broker.add(comment("The client certificate is the credential; its CN is the device id."))
+        broker.add("cert_file", str(install_dir / "client.crt"))
+        broker.add("key_file", str(install_dir / "client.key"))
     else:
-        lines += [f"username = {_toml(device)}", f"password = {_toml(password or '')}"]
+        broker.add("username", device)
+        broker.add("password", password or "")
     if url.tls:
-        lines.append(f"ca_file = {_toml(str(install_dir / 'ca.crt'))}")
-    lines += [
-        "",
-        "[outbox]",
-        f"path = {_toml(str(state_dir / 'outbox.db'))}",
-        "# max_bytes = 67108864",
-        '# overflow = "drop_oldest"',
-        '# synchronous = "FULL"   # also survives power cuts (SD cards), at about half the write rate',
-        "",
-        "# The host's own health; add your sensors below (`edgewatch agent sample` tries them once).",
-        "[[sensors]]",
-        'name = "host"',
-        'driver = "system"',
-        "interval_s = 10.0",
-        "",
-        "# [[sensors]]",
-        '# name = "air"',
-        '# driver = "bme280"',
-        "# interval_s = 5.0",
-        "# params = { bus = 1, address = 0x76 }",
-        "",
-    ]
-    return "\n".join(lines)
+        broker.add("ca_file", str(install_dir / "ca.crt"))
+    doc.add("broker", broker)
+    doc.add(nl())
+    outbox = table().add("path", str(state_dir / "outbox.db"))
+    outbox.add(comment("max_bytes = 67108864"))
+    outbox.add(comment('overflow = "drop_oldest"'))
+    outbox.add(
+        comment('synchronous = "FULL"   # also survives power cuts (SD cards), at about half the write rate')
+    )
+    doc.add("outbox", outbox)
+    doc.add(nl())
+    doc.add(
+        comment("The host's own health; add your sensors below (`edgewatch agent sample` tries them once).")
+    )
+    host = table().add("name", "host").add("driver", "system").add("interval_s", 10.0)
+    host.add(nl())
+    for line in ("[[sensors]]", 'name = "air"', 'driver = "bme280"', "interval_s = 5.0",
+                 "params = { bus = 1, address = 0x76 }"):  # fmt: skip
+        host.add(comment(line))
+    sensors = aot()
+    sensors.append(host)
+    doc.add("sensors", sensors)
+    return tomlkit.dumps(doc)
 
 
 def _role_config(
@@ -351,20 +370,24 @@ def _role_config(
     install_dir: PurePosixPath,
     cloud_db: PurePosixPath,
 ) -> str:
-    scheme = "mqtts" if url.tls else "mqtt"
-    full = f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{url.host}:{url.port}"
+    full = _url_with_credentials(url, user, password)
     if role is Role.VIEWER:
         return full + "\n"
-    lines = [
-        "# edgewatch aggregator config, written by `edgewatch provision --role aggregator`.",
-        f"# Install as {install_dir}/cloud.toml (mode 0640, group edgewatch): it holds a credential.",
-        "[aggregator]",
-        f"broker = {_toml(full)}",
-    ]
+    doc = tomlkit.document()
+    doc.add(comment("edgewatch aggregator config, written by `edgewatch provision --role aggregator`."))
+    doc.add(
+        comment(f"Install as {install_dir}/cloud.toml (mode 0640, group edgewatch): it holds a credential.")
+    )
+    aggregator = table().add("broker", full)
     if url.tls:
-        lines.append(f"ca_file = {_toml(str(install_dir / 'ca.crt'))}")
-    lines += [f"db = {_toml(str(cloud_db))}", ""]
-    return "\n".join(lines)
+        aggregator.add("ca_file", str(install_dir / "ca.crt"))
+    aggregator.add("db", str(cloud_db))
+    aggregator.add(nl())
+    for line in ("Push alerts to people (README: Getting alerts to people):", "[[notify.sinks]]",
+                 'name = "oncall"', 'type = "alertmanager"', 'url = "http://127.0.0.1:9093"'):  # fmt: skip
+        aggregator.add(comment(line))
+    doc.add("aggregator", aggregator)
+    return tomlkit.dumps(doc)
 
 
 # -- client certificates (openssl CLI) --------------------------------------------------------
@@ -584,7 +607,7 @@ def _provision_password(job: _Job, changes: list[str]) -> bool:
             raise ProvisionError(f"nothing to rotate: no {job.config} (provision {job.user!r} first)")
         new = secrets.token_urlsafe(SECRET_BYTES)
         _set_passwd_entry(job.passwd_file, job.user, hash_password(new))
-        _replace_secret(job.config, secret, new)
+        _rotate_secret(job.role, job.user, job.config, new)
         changes += [f"new password for {job.user} in {job.passwd_file}", f"wrote it to {job.config}"]
         return True
     if secret is None:

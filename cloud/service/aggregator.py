@@ -32,9 +32,13 @@ from cloud.alerts.episodes import EpisodePolicy, SilencePolicy
 from cloud.detect.native import compiled
 from cloud.errors import CloudError, ConfigError, StoreError, StoreFull
 from cloud.ingest.pipeline import Inbound, Pipeline, PipelineSettings, Publication
+from cloud.notify.delivery import Router, lanes
+from cloud.notify.metrics import NotifyMetrics
+from cloud.notify.shell import Courier, open_alerts_of
 from cloud.service.config import AggregatorConfig
 from cloud.service.metrics import Metrics
 from cloud.store.api import Store, open_store, redacted
+from cloud.store.delivery import delivery_queue
 from devices import wire
 from devices.backoff import Backoff
 from devices.model import Ack
@@ -76,6 +80,7 @@ class Aggregator:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgewatch-store")
         self._store: Store | None = None
         self._pipeline: Pipeline | None = None
+        self._courier: Courier | None = None
         self._inbox: list[Inbound] = []
         inbox = self._inbox
         self.metrics.inbox.set_function(lambda: len(inbox))  # read at scrape time, not per message
@@ -120,9 +125,22 @@ class Aggregator:
             open_store, self.config.db, readonly=False, create=True, synchronous=self.config.synchronous
         )
         self._store.acquire_ownership()  # one aggregator per store (closed again by close())
+        notify = self.config.notify
+        queue = delivery_queue(self._store) if notify.sinks else None
         self._pipeline = await self._call_slow(
-            Pipeline, self._store, settings_from(self.config), now=time.time()
+            Pipeline,
+            self._store,
+            settings_from(self.config),
+            now=time.time(),
+            notify=Router(notify, queue) if queue is not None else None,
         )
+        if queue is not None:
+            self._courier = Courier(
+                lanes(notify, queue, now=time.time(), open_alerts=open_alerts_of(self._store)),
+                poll_s=notify.poll_s,
+                call=self._call,
+                metrics=NotifyMetrics(self.metrics.registry),
+            )
         tune_gc()
         if self.config.detector in ("default", "sensor"):
             log.info("detector %s runs %s", self.config.detector, "compiled" if compiled() else "interpreted")
@@ -139,6 +157,22 @@ class Aggregator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, serve, reconnect with backoff, until `stop` is set; then stop cleanly."""
+        # Alert delivery runs beside the broker connection: HTTP receivers do not need MQTT.
+        courier = asyncio.create_task(self._deliver(), name="notify")
+        try:
+            await self._connect(stop)
+        finally:
+            await _cancel([courier])
+
+    async def _deliver(self) -> None:
+        if self._courier is None:
+            return
+        try:
+            await self._courier.run()
+        except Exception:  # a bug: say so loudly; the queue keeps every delivery for the next start
+            log.exception("alert delivery stopped")
+
+    async def _connect(self, stop: asyncio.Event) -> None:
         config = self.config
         retry = Backoff(config.reconnect_base, config.reconnect_cap)
         while not stop.is_set():

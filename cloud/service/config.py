@@ -10,6 +10,11 @@ A file holds one `[aggregator]` table whose keys are the field names of `Aggrega
     detector = "default"
     retention_days = 30
 
+    [[notify.sinks]]            # optional: where alerts are pushed (see cloud.notify.config)
+    name = "oncall"
+    type = "alertmanager"
+    url = "http://127.0.0.1:9093"
+
 Broker URLs are parsed by `devices.broker.parse_broker_url` (shared with the agent); this module
 adds the aggregator's own knobs and validates them before anything connects or writes.
 """
@@ -18,12 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from cloud.detect import DETECTORS
 from cloud.errors import ConfigError
+from cloud.notify.config import NotifyConfig, parse_notify
 from cloud.partitions.layout import PARTITIONS
 from devices.broker import BrokerURL, BrokerURLError, parse_broker_url
 
@@ -73,6 +79,8 @@ class AggregatorConfig:
     member: str = ""  # this member's id among the aggregators; default host name and pid
     lease_ttl: float = 10.0
     partitions: int = PARTITIONS  # must be the servers' P (deploy/nats/accounts.conf)
+    # Alert delivery: the file's [notify] table (cloud.notify.config), not a key of [aggregator].
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     def broker_url(self) -> BrokerURL:
         try:
@@ -158,9 +166,14 @@ def load_config(path: Path | str | None = None, **overrides: Any) -> AggregatorC
         table = data.get("aggregator", {})
         if not isinstance(table, dict):
             raise ConfigError(f"config {path}: [aggregator] must be a table")
-        known = {f.name: str(f.type) for f in fields(AggregatorConfig)}
+        known = {f.name: str(f.type) for f in fields(AggregatorConfig) if f.name != "notify"}
         for key, value in table.items():
             if key not in known:
                 raise ConfigError(f"config {path}: unknown key aggregator.{key}")
             values[key] = _check_type(f"aggregator.{key}", value, known[key])
+        if "notify" in data:
+            try:
+                values["notify"] = parse_notify(data["notify"])
+            except ConfigError as exc:
+                raise ConfigError(f"config {path}: {exc}") from exc
     return AggregatorConfig(**values).replace(**overrides)

@@ -117,6 +117,13 @@ class AlertRecord:
     acked_at: float | None
     acked_by: str
     note: str
+    # Why: the opening reading's kind (it stays the episode's kind), the peak reading's reason in
+    # the stream's units (the reading `value` and the expected range describe), the opening
+    # reading's reason, and when the peak was. Empty for silent alerts and older alerts.
+    anomaly_kind: str = ""
+    evidence: str = ""
+    opening_evidence: str = ""
+    peak_ts: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +372,12 @@ class IngestStore(Protocol):
         value: float | None,
         expected_low: float | None,
         expected_high: float | None,
-    ) -> bool: ...
+        evidence: str,
+        peak_ts: float | None,
+    ) -> bool:
+        """With the peak's final figures (value, range, evidence, time); the kind and the
+        opening reason stay as the episode opened. False if already closed (a replay)."""
+        ...
 
     def enqueue_publication(self, device: str, payload: bytes, now: float) -> int: ...
 

@@ -641,7 +641,8 @@ class PostgresStore(PostgresReadModel):
             _ALERT_INSERT,
             (a.alert_id, a.device, a.sensor, a.metric, a.kind, a.state, a.start, a.end,
              a.peak_score, a.value, a.expected_low, a.expected_high, a.severity, a.late,
-             a.detector, a.msg_id, a.opened_at, a.closed_at, a.acked_at, a.acked_by, a.note),
+             a.detector, a.msg_id, a.opened_at, a.closed_at, a.acked_at, a.acked_by, a.note,
+             a.anomaly_kind, a.evidence, a.opening_evidence, a.peak_ts),
         )  # fmt: skip
         return cur.rowcount == 1
 
@@ -655,11 +656,14 @@ class PostgresStore(PostgresReadModel):
         value: float | None,
         expected_low: float | None,
         expected_high: float | None,
+        evidence: str,
+        peak_ts: float | None,
     ) -> bool:
         cur = self._conn.execute(
             "UPDATE alerts SET state = 'closed', \"end\" = %s, closed_at = %s, peak_score = %s, value = %s, "
-            "expected_low = %s, expected_high = %s WHERE alert_id = %s AND state = 'open'",
-            (end, closed_at, peak_score, value, expected_low, expected_high, alert_id),
+            "expected_low = %s, expected_high = %s, evidence = %s, peak_ts = %s "
+            "WHERE alert_id = %s AND state = 'open'",
+            (end, closed_at, peak_score, value, expected_low, expected_high, evidence, peak_ts, alert_id),
         )
         return cur.rowcount == 1
 

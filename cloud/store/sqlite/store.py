@@ -13,6 +13,8 @@ Layout (schema version in `PRAGMA user_version`, upgraded by `MIGRATIONS` in ord
     devices        the fleet registry: last seen, online, agent version, reported counters
     alerts         one row per episode; `alert_id` is deterministic, so a replay cannot double
     alert_outbox   alert messages to publish; deleted once the broker has them (at least once)
+    notify_queue   alert transitions to deliver per sink (cloud.notify); dead letters stay
+    notify_sinks   per sink: delivered, retried, failed, last success and last error
     detector_state checkpointed detector and episode state per series, each with its watermark
                    (the last message it processed); `checkpoint` keeps the aggregator's own
     rejected_checkpoints  checkpoints that could not be restored, kept aside with the reason
@@ -196,10 +198,44 @@ def _v3_keyed_messages(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v4_alert_reasons(db: sqlite_utils.Database) -> None:
+    """Alerts say why: kind and evidence (see AlertRecord); older rows get '' and NULL."""
+    alerts = db.table("alerts")
+    alerts.add_column("anomaly_kind", str, not_null_default="")
+    alerts.add_column("evidence", str, not_null_default="")
+    alerts.add_column("opening_evidence", str, not_null_default="")
+    alerts.add_column("peak_ts", float)
+
+
+def _v5_notify(db: sqlite_utils.Database) -> None:
+    """The delivery queue of alert notifications (cloud.notify), one row per (sink, transition)."""
+    db.table("notify_queue").create(
+        {"id": int, "sink": str, "transition_id": str, "alert_id": str, "device": str,
+         "notice": str, "created_at": float, "due_at": float, "attempts": int, "state": str,
+         "last_error": str, "response": str, "dead_at": float},
+        pk="id", not_null={"sink", "transition_id", "alert_id", "device", "notice", "created_at",
+                           "due_at", "attempts", "state", "last_error", "response"},
+        defaults={"attempts": 0, "state": "pending", "last_error": "", "response": ""},
+    )  # fmt: skip
+    db.table("notify_queue").create_index(["sink", "transition_id"], unique=True)
+    # The oldest due delivery, its device's others, and the earlier ones of its alert.
+    db.table("notify_queue").create_index(["sink", "state", "id"])
+    db.table("notify_queue").create_index(["sink", "device", "state", "id"])
+    db.table("notify_queue").create_index(["sink", "alert_id", "state", "id"])
+    db.table("notify_sinks").create(
+        {"sink": str, "delivered": int, "retried": int, "failed": int, "last_success_at": float,
+         "last_error_at": float, "last_error": str},
+        pk="sink", not_null={"delivered", "retried", "failed", "last_error"},
+        defaults={"delivered": 0, "retried": 0, "failed": 0, "last_error": ""},
+    )  # fmt: skip
+
+
 MIGRATIONS: Final[tuple[Callable[[sqlite_utils.Database], None], ...]] = (
     _v1,
     _v2_rejected_checkpoints,
     _v3_keyed_messages,
+    _v4_alert_reasons,
+    _v5_notify,
 )
 """MIGRATIONS[i] upgrades a database from version i to i + 1; append, never edit."""
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -665,10 +701,12 @@ class SqliteStore(SqliteReadModel):
         cur = self._conn.execute(
             "INSERT OR IGNORE INTO alerts(alert_id, device, sensor, metric, kind, state, start, \"end\", "
             "peak_score, value, expected_low, expected_high, severity, late, detector, msg_id, opened_at, "
-            "closed_at, acked_at, acked_by, note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "closed_at, acked_at, acked_by, note, anomaly_kind, evidence, opening_evidence, peak_ts) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (a.alert_id, a.device, a.sensor, a.metric, a.kind, a.state, a.start, a.end,
              a.peak_score, a.value, a.expected_low, a.expected_high, a.severity, int(a.late),
-             a.detector, a.msg_id, a.opened_at, a.closed_at, a.acked_at, a.acked_by, a.note),
+             a.detector, a.msg_id, a.opened_at, a.closed_at, a.acked_at, a.acked_by, a.note,
+             a.anomaly_kind, a.evidence, a.opening_evidence, a.peak_ts),
         )  # fmt: skip
         return cur.rowcount == 1
 
@@ -682,12 +720,16 @@ class SqliteStore(SqliteReadModel):
         value: float | None,
         expected_low: float | None,
         expected_high: float | None,
+        evidence: str,
+        peak_ts: float | None,
     ) -> bool:
-        """Close an open episode; False if it was already closed (a replay) or is unknown."""
+        """Close an open episode with its peak's final figures; False if it was already closed
+        (a replay) or is unknown. The kind and opening reason were settled when it opened."""
         cur = self._conn.execute(
             "UPDATE alerts SET state = 'closed', \"end\" = ?, closed_at = ?, peak_score = ?, value = ?, "
-            "expected_low = ?, expected_high = ? WHERE alert_id = ? AND state = 'open'",
-            (end, closed_at, peak_score, value, expected_low, expected_high, alert_id),
+            "expected_low = ?, expected_high = ?, evidence = ?, peak_ts = ? "
+            "WHERE alert_id = ? AND state = 'open'",
+            (end, closed_at, peak_score, value, expected_low, expected_high, evidence, peak_ts, alert_id),
         )
         return cur.rowcount == 1
 

@@ -1,4 +1,4 @@
--- edgewatch store, schema version 2: several aggregators sharing partitions (cloud/partitions).
+-- edgewatch store, schema version 4: several aggregators sharing partitions (cloud/partitions).
 -- Times are unix seconds of the database's clock (clock_timestamp()), the one clock every
 -- member agrees on.
 
