@@ -132,6 +132,10 @@ def validate(config: AggregatorConfig) -> AggregatorConfig:
     if config.detector not in DETECTORS:
         raise ConfigError(f"unknown detector {config.detector!r}; known: {', '.join(sorted(DETECTORS))}")
     config.broker_url()
+    if config.nats and config.notify.sinks:
+        raise ConfigError(
+            "cluster mode (nats) does not deliver [notify] sinks yet: remove them or run one aggregator"
+        )
     if config.nats and not config.db.startswith(("postgresql:", "postgres:")):
         raise ConfigError("cluster mode (nats) needs a postgresql:// store: members share it")
     if config.nats and any(not u.strip().startswith(("nats://", "tls://")) for u in config.nats.split(",")):
