@@ -38,5 +38,10 @@ class SchemaTooNew(StoreError):
     """The database has a schema version this code does not know; refuse rather than guess."""
 
 
+class LeaseLost(StoreError):
+    """A partition's lease is no longer this member's (expired or taken over): nothing of the
+    transaction that found out was written."""
+
+
 class NotFound(CloudError):
     """The alert or device named does not exist in the store."""

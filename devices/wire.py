@@ -13,6 +13,10 @@ Topic layout (one level per device, so ACLs can be written per device):
     edgewatch/v1/<device>/status      birth (retained), heartbeat, shutdown, last will (retained)
     edgewatch/v1/<device>/ack         the aggregator's confirmations of stored seq ranges (QoS 1)
     edgewatch/v1/alerts/<device>      alert episodes opening and closing (QoS 1)
+
+On a NATS cluster (cloud/partitions) the same topics are NATS subjects with `.` for `/`, and the
+server maps a device's telemetry, backfill and status into one partition of the stream by a
+hash of the device id: `part.<p>.edgewatch.v1.<device>.<kind>` (see `parse_partition_subject`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import json
 import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -90,6 +94,46 @@ def parse_topic(topic: str) -> tuple[str, str]:
     except InvalidDeviceId as exc:
         raise TopicError(str(exc)) from exc
     return device, kind
+
+
+PARTITION_PREFIX: Final = "part"
+PARTITIONED_KINDS: Final = (TELEMETRY, BACKFILL, STATUS)
+
+
+def nats_subject(topic: str) -> str:
+    """The NATS subject a NATS server's MQTT listener gives an MQTT topic (`/` becomes `.`)."""
+    return topic.replace("/", ".")
+
+
+def partition_subject(partition: int | Literal["*"], device: str, kind: str) -> str:
+    """The stream subject a device's message lands on; partition and device may be `*`.
+
+    >>> partition_subject(3, "*", "telemetry")
+    'part.3.edgewatch.v1.*.telemetry'
+    """
+    if kind not in PARTITIONED_KINDS:
+        raise TopicError(f"topic kind {kind!r} is not partitioned")
+    if device != "*":
+        check_device_id(device)
+    return f"{PARTITION_PREFIX}.{partition}.{nats_subject(PREFIX)}.{device}.{kind}"
+
+
+def parse_partition_subject(subject: str) -> tuple[int, str]:
+    """(partition, MQTT topic) of a stream subject, so a message read from the stream goes
+    through the same decoding as one read from mosquitto.
+
+    >>> parse_partition_subject("part.12.edgewatch.v1.pi-kitchen-01.telemetry")
+    (12, 'edgewatch/v1/pi-kitchen-01/telemetry')
+    """
+    head, dot, rest = subject.partition(".")
+    number, dot2, topic_subject = rest.partition(".")
+    if head != PARTITION_PREFIX or not dot or not dot2 or not number.isdigit():
+        raise TopicError(f"subject {subject!r} is not {PARTITION_PREFIX}.<partition>.<topic>")
+    topic = topic_subject.replace(".", "/")
+    _device, kind = parse_topic(topic)
+    if kind not in PARTITIONED_KINDS:
+        raise TopicError(f"subject {subject!r} has kind {kind!r}, which is not partitioned")
+    return int(number), topic
 
 
 def new_msg_id() -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Prepares a fresh Debian/Ubuntu machine: mosquitto (and socat, PostgreSQL's server and
-# prometheus-alertmanager for the dev extra), a C compiler and Python's headers (with apt-get
-# when root), a venv in .venv with edgewatch and the extras named in $1 (default: dev).
+# Prepares a fresh Debian/Ubuntu machine: mosquitto (and socat, PostgreSQL's server,
+# prometheus-alertmanager and nats-server for the dev extra), a C compiler and Python's headers
+# (with apt-get when root), a venv in .venv with edgewatch and the extras named in $1 (default: dev).
 # Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,11 @@ fi
 if [[ ",${extras}," == *",dev,"* ]] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
     && ! command -v initdb >/dev/null 2>&1; then
   need_apt+=(postgresql)
+fi
+# The dev extra's cluster tests start their own 3-node NATS JetStream cluster (nats-server >= 2.9).
+if [[ ",${extras}," == *",dev,"* ]] && ! command -v nats-server >/dev/null 2>&1 \
+    && [ ! -x /usr/sbin/nats-server ]; then
+  need_apt+=(nats-server)
 fi
 # The Modbus RTU tests link two pseudo-terminals with socat (a null-modem cable).
 if [[ ",$extras," == *,dev,* ]] && ! command -v socat >/dev/null 2>&1; then

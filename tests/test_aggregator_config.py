@@ -213,3 +213,12 @@ def test_stop_while_connecting_to_a_broker_that_never_answers_is_prompt(tmp_path
         return elapsed
 
     assert asyncio.run(scenario()) < 2.0
+
+
+def test_cluster_mode_needs_a_postgresql_store_and_nats_urls() -> None:
+    with pytest.raises(ConfigError, match="postgresql"):
+        load_config(nats="nats://127.0.0.1:4222", db="cloud.db")
+    with pytest.raises(ConfigError, match="nats://"):
+        load_config(nats="http://127.0.0.1:4222", db="postgresql://u@h/db")
+    config = load_config(nats="nats://a:4222, tls://b:4222", db="postgresql://u@h/db", member="agg-1")
+    assert (config.member, config.partitions, config.lease_ttl) == ("agg-1", 64, 10.0)

@@ -22,9 +22,10 @@ published twice.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cloud.alerts.episodes import (
@@ -367,10 +368,17 @@ class Pipeline:
         *,
         now: float,
         recover: bool = True,
+        scope: Callable[[str], bool] | None = None,
         notify: Router | None = None,
     ) -> None:
-        """`recover=False` starts every stream fresh and touches nothing in the store (replay)."""
+        """`recover=False` starts every stream fresh and touches nothing in the store (replay).
+
+        `scope` (cluster mode) says which devices are this member's: recovery loads and
+        replays only theirs, each series from its own watermark (the members share one store,
+        so the store-wide watermark means nothing), and watches only their silence.
+        """
         self.settings = settings = settings or PipelineSettings()
+        self.scope = scope
         make_detector(settings.detector)  # fail fast on an unknown name
         self.store = store
         self.notify = notify  # queues each fresh transition for the sinks that route it
@@ -395,8 +403,11 @@ class Pipeline:
         If this fails (the store is unusable), the next batch tries again before anything else.
         """
         self._needs_recovery = True
-        store, settings = self.store, self.settings
+        store, settings, scope = self.store, self.settings, self.scope
         watermark, checkpoints = store.load_checkpoint()
+        if scope is not None:
+            watermark = 0
+            checkpoints = [cp for cp in checkpoints if scope(store.series_info(cp.series_id).device)]
         self._streams = {}
         rejected: list[tuple[StreamCheckpoint, str]] = []
         for cp in checkpoints:
@@ -424,8 +435,14 @@ class Pipeline:
         self._status_ts = store.status_times()
         self.silence = SilenceWatch(settings.silence)
         silent = {a.device: a.start for a in store.list_alerts(kind="silent", state="open", limit=1 << 30)}
+        history = store.readings_after(watermark)
+        if scope is not None:
+            owned = functools.cache(lambda series_id: scope(store.series_info(series_id).device))
+            history = (row for row in history if owned(row.series_id))
         for p in store.presence():
             device = p.device
+            if scope is not None and not scope(device):
+                continue
             if device in silent:
                 self.silence.restore(device, Presence.SILENT, now, since=silent[device])
             elif not p.online and p.status_event == StatusEvent.SHUTDOWN:
@@ -434,7 +451,7 @@ class Pipeline:
                 self.silence.restore(device, Presence.ONLINE, now)
         batch = _Batch(now)
         with store.transaction():
-            replayed, last = self._feed(store.readings_after(watermark), batch)
+            replayed, last = self._feed(history, batch)
         self._watermark = max(watermark, last)
         if replayed:
             log.info(

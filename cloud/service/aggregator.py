@@ -518,13 +518,19 @@ async def serve(config: AggregatorConfig, stop: asyncio.Event, *, metrics: Metri
 
 
 def run(config: AggregatorConfig) -> None:
-    """Blocking entry point for the CLI: serve until SIGINT or SIGTERM."""
+    """Blocking entry point for the CLI: serve until SIGINT or SIGTERM (in cluster mode, as one
+    member sharing the partitions: cloud.partitions.member)."""
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+        if config.nats:
+            from cloud.partitions import member  # noqa: PLC0415 - nats-py is the cluster extra
+
+            await member.serve(config, stop)
+        else:
+            await serve(config, stop)
 
     asyncio.run(main())

@@ -30,6 +30,7 @@ from typing import Any
 from cloud.detect import DETECTORS
 from cloud.errors import ConfigError
 from cloud.notify.config import NotifyConfig, parse_notify
+from cloud.partitions.layout import PARTITIONS
 from devices.broker import BrokerURL, BrokerURLError, parse_broker_url
 
 DEFAULT_CLIENT_ID = "edgewatch-aggregator"
@@ -71,6 +72,13 @@ class AggregatorConfig:
     # within seconds of the broker, and with it every agent's confirmations.
     reconnect_base: float = 0.5
     reconnect_cap: float = 5.0
+    # Cluster mode (cloud/partitions, deploy/nats/): read the partitioned stream from these NATS
+    # servers (comma-separated nats:// URLs) instead of MQTT, sharing the partitions with the
+    # other members on the same PostgreSQL store through leases of `lease_ttl` seconds.
+    nats: str = ""
+    member: str = ""  # this member's id among the aggregators; default host name and pid
+    lease_ttl: float = 10.0
+    partitions: int = PARTITIONS  # must be the servers' P (deploy/nats/accounts.conf)
     # Alert delivery: the file's [notify] table (cloud.notify.config), not a key of [aggregator].
     notify: NotifyConfig = field(default_factory=NotifyConfig)
 
@@ -99,6 +107,8 @@ _POSITIVE = (
     "reconnect_base",
     "reconnect_cap",
     "keepalive",
+    "lease_ttl",
+    "partitions",
 )
 _NON_NEGATIVE = ("batch_linger", "close_after_seconds", "retention_days", "silent_factor")
 
@@ -122,6 +132,14 @@ def validate(config: AggregatorConfig) -> AggregatorConfig:
     if config.detector not in DETECTORS:
         raise ConfigError(f"unknown detector {config.detector!r}; known: {', '.join(sorted(DETECTORS))}")
     config.broker_url()
+    if config.nats and config.notify.sinks:
+        raise ConfigError(
+            "cluster mode (nats) does not deliver [notify] sinks yet: remove them or run one aggregator"
+        )
+    if config.nats and not config.db.startswith(("postgresql:", "postgres:")):
+        raise ConfigError("cluster mode (nats) needs a postgresql:// store: members share it")
+    if config.nats and any(not u.strip().startswith(("nats://", "tls://")) for u in config.nats.split(",")):
+        raise ConfigError(f"nats must be comma-separated nats:// or tls:// URLs, got {config.nats!r}")
     return config
 
 

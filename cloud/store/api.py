@@ -18,8 +18,9 @@ The roles, each a Protocol, that one store object plays:
     RetentionStore    history older than a cut, dropped
     ReadModel         the operator's queries (alerts, devices, gaps, readings, dead letters)
                       and the offline replay's history and result sets
-    OwnedStore        who may write: one aggregator per store today (SQLite: a lock file,
-                      PostgreSQL: a session advisory lock; per partition in the scale-out)
+    OwnedStore        who may write: one aggregator per store (SQLite: a lock file,
+                      PostgreSQL: a session advisory lock)
+    LeaseStore        several aggregators sharing partitions: leases with fencing (PostgreSQL)
 
 Records are frozen slotted dataclasses. Timestamps are unix seconds.
 """
@@ -30,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol, Self
+from typing import Final, Protocol, Self, runtime_checkable
 
 from cloud.errors import StoreError
 from devices.model import Reading, ReadingBatch
@@ -284,6 +285,39 @@ class Presence:
 
 
 # ---------------------------------------------------------------------------------------------
+# records of the partition leases (several aggregators: cloud/partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One partition's lease row. `epoch` grows by one on every takeover (the fencing token)."""
+
+    partition: int
+    owner: str | None
+    epoch: int
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    member: str
+    heartbeat_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """What the store says, as of `now` (its own clock)."""
+
+    now: float
+    members: tuple[Member, ...]
+    leases: tuple[Lease, ...]
+
+    def live_members(self) -> list[str]:
+        return sorted(m.member for m in self.members if m.expires_at > self.now)
+
+
+# ---------------------------------------------------------------------------------------------
 # the roles
 
 
@@ -490,6 +524,32 @@ class OwnedStore(Protocol):
     def acquire_ownership(self) -> None:
         """Become the one aggregator writing this store, or raise StoreError naming the holder."""
         ...
+
+
+@runtime_checkable
+class LeaseStore(Protocol):
+    """Partition leases with fencing, for several aggregators on one store (PostgreSQL only).
+
+    Times are the store's clock. `fenced(leases)` makes every transaction opened inside it
+    check, in that transaction, that the leases are still held (same owner and epoch, not
+    expired), and raise LeaseLost before writing anything otherwise.
+    """
+
+    def join_cluster(self, member: str, ttl: float) -> ClusterView: ...
+
+    def leave_cluster(self, member: str) -> None: ...
+
+    def cluster_view(self) -> ClusterView: ...
+
+    def acquire_lease(self, partition: int, member: str, ttl: float) -> Lease | None: ...
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease | None: ...
+
+    def release_lease(self, lease: Lease) -> None: ...
+
+    def last_rebalance(self) -> float | None: ...
+
+    def fenced(self, leases: Iterable[Lease]) -> AbstractContextManager[None]: ...
 
 
 class Store(IngestStore, CheckpointStore, RetentionStore, ReadModel, OwnedStore, Protocol):

@@ -29,12 +29,15 @@ from typing import Any, Final, Self
 import psycopg
 from psycopg import sql as pgsql
 
-from cloud.errors import NotFound, SchemaTooNew, StoreError, StoreFull
+from cloud.errors import LeaseLost, NotFound, SchemaTooNew, StoreError, StoreFull
 from cloud.store.api import (
     MAX_DEAD_PAYLOAD,
     STATUS_COUNTERS,
     AlertRecord,
+    ClusterView,
     DeadLetter,
+    Lease,
+    Member,
     Presence,
     ReadingsItem,
     ReplayRow,
@@ -46,6 +49,7 @@ from cloud.store.api import (
 from cloud.store.postgres.queries import PostgresReadModel, translated
 
 DAY: Final = 86_400.0
+_NOW: Final = "extract(epoch from clock_timestamp())::double precision"
 OWNER: Final = "aggregator"
 LOCK_KEY: Final = "edgewatch:aggregator"
 _ALERT_COLUMNS: Final = tuple(f.name for f in fields(AlertRecord))
@@ -102,6 +106,7 @@ class PostgresStore(PostgresReadModel):
         self._closed = False
         self._in_transaction = False
         self._owned = False
+        self._fence: tuple[Lease, ...] = ()  # leases every transaction checks (cluster mode)
         self._staging_ready = False
         self._partitions: set[int] = set()
         self._sources: dict[tuple[str, str], int] = {}
@@ -233,17 +238,26 @@ class PostgresStore(PostgresReadModel):
 
         A session the server dropped is replaced first, so a PostgreSQL restart costs the
         batches written meanwhile (unconfirmed, so resent), not the aggregator.
+
+        Inside `fenced(leases)` it first checks, in the same transaction, that every lease is
+        still this member's, and holds them (FOR SHARE) until the commit: LeaseLost otherwise.
         """
+        outermost = not self._in_transaction
         try:
             with self._conn.transaction():
                 self._in_transaction = True
                 try:
+                    if outermost and self._fence:
+                        self._check_fence(self._fence)
                     yield
                 finally:
-                    self._in_transaction = False
+                    self._in_transaction = not outermost
         except psycopg.errors.DiskFull as exc:
             self._forget_ids()
             raise StoreFull(f"write to {self.path} failed: {exc}") from exc
+        except psycopg.errors.IdleInTransactionSessionTimeout as exc:
+            # A member paused past its lease inside a transaction: the server ended the session.
+            raise LeaseLost(f"write to {self.path} failed: the session outlived its lease: {exc}") from exc
         except psycopg.Error as exc:
             self._forget_ids()
             raise StoreError(f"write to {self.path} failed: {exc}") from exc
@@ -256,6 +270,122 @@ class PostgresStore(PostgresReadModel):
         self._staging_ready = False
         with contextlib.suppress(psycopg.Error):  # a lost connection: the caller's error says why
             self._load_ids()
+
+    # -- partition leases (cloud/partitions) ----------------------------------------------------
+
+    @translated
+    def join_cluster(self, member: str, ttl: float) -> ClusterView:
+        """Heartbeat as a live member for `ttl` seconds; the view as of the database's clock.
+
+        The session's idle-in-transaction timeout becomes the lease TTL: a member paused inside
+        a transaction is cut off by the server instead of holding its leases' row locks.
+        """
+        self._conn.execute(f"SET idle_in_transaction_session_timeout = {int(ttl * 1000)}".encode())
+        self._conn.execute(
+            f"INSERT INTO cluster_members (member, started_at, heartbeat_at, expires_at) "  # noqa: S608
+            f"VALUES (%s, {_NOW}, {_NOW}, {_NOW} + %s) ON CONFLICT (member) DO UPDATE SET "
+            f"heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at".encode(),
+            (member, ttl),
+        )
+        return self.cluster_view()
+
+    @translated
+    def leave_cluster(self, member: str) -> None:
+        self._conn.execute("DELETE FROM cluster_members WHERE member = %s", (member,))
+
+    @translated
+    def cluster_view(self) -> ClusterView:
+        now = float(self._conn.execute(f"SELECT {_NOW}".encode()).fetchone()[0])  # type: ignore[index]
+        members = tuple(
+            Member(str(m), float(h), float(e))
+            for m, h, e in self._conn.execute(
+                "SELECT member, heartbeat_at, expires_at FROM cluster_members ORDER BY member"
+            )
+        )
+        leases = tuple(
+            Lease(int(p), o, int(ep), float(ex))
+            for p, o, ep, ex in self._conn.execute(
+                "SELECT partition, owner, epoch, expires_at FROM partition_leases ORDER BY partition"
+            )
+        )
+        return ClusterView(now, members, leases)
+
+    @translated
+    def acquire_lease(self, partition: int, member: str, ttl: float) -> Lease | None:
+        """Take a free or expired partition (its epoch + 1); None if another member holds it."""
+        with self._conn.transaction():
+            self._conn.execute("SET LOCAL lock_timeout = '2s'")
+            self._conn.execute(
+                "INSERT INTO partition_leases (partition) VALUES (%s) ON CONFLICT DO NOTHING", (partition,)
+            )
+            row = self._conn.execute(
+                f"UPDATE partition_leases SET owner = %s, epoch = epoch + 1, expires_at = {_NOW} + %s, "  # noqa: S608
+                f"acquired_at = {_NOW} WHERE partition = %s AND (owner IS NULL OR owner = %s "
+                f"OR expires_at <= {_NOW}) RETURNING epoch, expires_at".encode(),
+                (member, ttl, partition, member),
+            ).fetchone()
+            if row is None:
+                return None
+            lease = Lease(partition, member, int(row[0]), float(row[1]))
+            self._event(lease, "acquired")
+            return lease
+
+    @translated
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend a lease still held (same owner and epoch, not expired); None if it was lost."""
+        row = self._conn.execute(
+            f"UPDATE partition_leases SET expires_at = {_NOW} + %s WHERE partition = %s "  # noqa: S608
+            f"AND owner = %s AND epoch = %s AND expires_at > {_NOW} RETURNING expires_at".encode(),
+            (ttl, lease.partition, lease.owner, lease.epoch),
+        ).fetchone()
+        return None if row is None else Lease(lease.partition, lease.owner, lease.epoch, float(row[0]))
+
+    @translated
+    def release_lease(self, lease: Lease) -> None:
+        """Give a partition up at once (a member rebalancing or stopping), if still held."""
+        with self._conn.transaction():
+            released = self._conn.execute(
+                "UPDATE partition_leases SET owner = NULL, expires_at = 0 "
+                "WHERE partition = %s AND owner = %s AND epoch = %s",
+                (lease.partition, lease.owner, lease.epoch),
+            ).rowcount
+            if released:
+                self._event(lease, "released")
+
+    def _event(self, lease: Lease, event: str) -> None:
+        self._conn.execute(
+            f"INSERT INTO cluster_events (at, member, event, partition, epoch) "  # noqa: S608
+            f"VALUES ({_NOW}, %s, %s, %s, %s)".encode(),
+            (lease.owner, event, lease.partition, lease.epoch),
+        )
+
+    @translated
+    def last_rebalance(self) -> float | None:
+        row = self._conn.execute("SELECT max(at) FROM cluster_events").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    @contextmanager
+    def fenced(self, leases: Iterable[Lease]) -> Iterator[None]:
+        """Every transaction opened inside checks these leases first (see `transaction`)."""
+        previous, self._fence = self._fence, tuple(leases)
+        try:
+            yield
+        finally:
+            self._fence = previous
+
+    def _check_fence(self, leases: Sequence[Lease]) -> None:
+        owners = {lease.owner for lease in leases}
+        if len(owners) != 1:
+            raise LeaseLost("a fenced write names leases of several owners")
+        rows = self._conn.execute(
+            f"SELECT partition FROM partition_leases WHERE owner = %s "  # noqa: S608
+            f"AND (partition, epoch) IN (SELECT * FROM unnest(%s::integer[], %s::bigint[])) "
+            f"AND expires_at > {_NOW} FOR SHARE".encode(),
+            (leases[0].owner, [lease.partition for lease in leases], [lease.epoch for lease in leases]),
+        ).fetchall()
+        lost = sorted({lease.partition for lease in leases} - {int(p) for (p,) in rows})
+        if lost:
+            raise LeaseLost(f"partitions {lost} are no longer {leases[0].owner}'s: nothing written")
 
     # -- hot write path -------------------------------------------------------------------------
 
@@ -303,10 +433,17 @@ class PostgresStore(PostgresReadModel):
             if row is None:
                 raise NotFound(f"series {series_id} does not exist")
             return SeriesInfo(int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4] or ""))
-        return self._series_info[series_id]
+        info = self._series_info.get(series_id)
+        if info is None:  # made by another writer (cluster members share the store): look again
+            self._load_ids()
+            info = self._series_info[series_id]
+        return info
 
     def _ensure_partitions(self, days: Iterable[int]) -> None:
         for day in sorted(set(days) - self._partitions):
+            # Several writers (cluster members) may create the same day at once; IF NOT EXISTS
+            # alone races in the catalog, so they queue on a lock held to their commit.
+            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('edgewatch:readings_d' || %s))", (day,))
             self._conn.execute(
                 pgsql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} PARTITION OF readings FOR VALUES FROM ({}) TO ({})"
