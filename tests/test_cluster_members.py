@@ -98,6 +98,12 @@ def _balanced(store: Store, members: list[str]) -> bool:
     )
 
 
+def _mostly_confirmed(db_url: str, fleet: Fleet) -> bool:
+    unconfirmed = fleet.unconfirmed()
+    with open_store(db_url, readonly=True) as store:
+        return all(len(unconfirmed[d]) < store.count_readings(d) for d in DEVICES)
+
+
 def assert_stored_exactly_once(db_url: str, fleet: Fleet) -> None:
     """Each device: what is stored and what is still unconfirmed in its outbox make up every
     seq it sampled, 1..last; each stored once, and most of them confirmed."""
@@ -265,7 +271,10 @@ def test_sigkill_of_the_stream_leader_node_loses_nothing(
         cluster.kill_node(index)
         time.sleep(3.0)
         cluster.start_node(index)
-        time.sleep(6.0)  # the node's agents reconnect and resend
+        # The node's agents reconnect and resend; on a loaded machine that can take a while, so
+        # wait (bounded) until every device is mostly confirmed again rather than a fixed time.
+        caught_up = lambda: _mostly_confirmed(db_url, fleet)  # noqa: E731
+        wait_for(caught_up, 45, "the agents to catch up after the node's return")
     finally:
         fleet.stop()
         time.sleep(1.0)
