@@ -47,6 +47,7 @@ from cloud.store.api import (
     redacted,
 )
 from cloud.store.postgres.queries import PostgresReadModel, translated
+from cloud.store.tally import BatchTally
 
 DAY: Final = 86_400.0
 _NOW: Final = "extract(epoch from clock_timestamp())::double precision"
@@ -523,49 +524,17 @@ class PostgresStore(PostgresReadModel):
                         "AND r.seq = s.seq AND r.ts = s.ts AND r.message_id = s.message_id AND r.pos = s.pos)"
                     )
                     duplicates = set(cur.fetchall())
-        out: list[StoredMessage] = []
-        messages: list[tuple[Any, ...]] = []
-        sources: dict[int, list[float]] = {}
-        devices: dict[str, list[float]] = {}
+        tally = BatchTally()
         for mid, item, (src, start, end) in zip(mids, items, spans, strict=True):
             mine = rows[start:end]
             if duplicates:
                 mine = [r for r in mine if (mid, r[0]) not in duplicates]
-            stored = len(mine)
             rejected = self.insert_dead_letters(item.dead) if item.dead else 0
-            msg = item.batch
-            seqs = [r.seq for r in item.accepted] + [d.seq for d in item.dead if d.seq is not None]
-            if seqs:
-                lo, hi = min(seqs), max(seqs)
-                acc = sources.get(src)
-                if acc is None:
-                    sources[src] = [stored, rejected, lo, hi, item.received_at]
-                else:
-                    acc[0] += stored
-                    acc[1] += rejected
-                    acc[2] = min(acc[2], lo)
-                    acc[3] = max(acc[3], hi)
-                    acc[4] = max(acc[4], item.received_at)
-            dev = devices.get(msg.device)
-            if dev is None:
-                devices[msg.device] = [item.received_at, 1, stored]
-            else:
-                dev[0] = max(dev[0], item.received_at)
-                dev[1] += 1
-                dev[2] += stored
-            tss = [r[3] for r in mine]
-            stored_seqs = [r[2] for r in mine]
-            messages.append(
-                (
-                    mid, msg.msg_id, msg.device, msg.epoch, "backfill" if item.late else "telemetry",
-                    item.received_at, msg.sent_at, len(item.accepted) + len(item.dead), stored,
-                    len(item.accepted) - stored, len(item.dead), src if stored else None,
-                    min(stored_seqs) if stored else None, max(stored_seqs) if stored else None,
-                    min(tss) if tss else None, max(tss) if tss else None,
-                )
+            tally.add(
+                mid, item, src, seqs=[r[2] for r in mine], tss=[r[3] for r in mine],
+                new=[(r[4], r[3], r[5]) for r in mine], rejected=rejected,
             )  # fmt: skip
-            new = [(r[4], r[3], r[5]) for r in mine]
-            out.append(StoredMessage(mid, item, new, len(item.accepted) - stored, rejected))
+        messages, sources, devices = tally.messages, tally.sources, tally.devices
         with conn.cursor() as cur:
             with cur.copy(
                 "COPY messages (id, msg_id, device, epoch, kind, received_at, sent_at, readings, stored, "
@@ -591,7 +560,7 @@ class PostgresStore(PostgresReadModel):
                 "readings = devices.readings + excluded.readings",
                 [(d, v[0], v[0], int(v[1]), int(v[2])) for d, v in sorted(devices.items())],
             )
-        return out
+        return tally.out
 
     def insert_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Rows with a seq are unique per (device, epoch, seq); returns how many were new."""

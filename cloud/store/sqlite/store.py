@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Final, Self
 
 import sqlite_utils
 
@@ -55,6 +55,7 @@ from cloud.store.api import (
     StreamCheckpoint,
 )
 from cloud.store.sqlite.queries import SqliteReadModel, translated
+from cloud.store.tally import BatchTally
 
 CACHE_KIB: Final = 64 * 1024
 WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
@@ -565,50 +566,18 @@ class SqliteStore(SqliteReadModel):
         owner: dict[tuple[int, int], int] | None = None
         if inserted < n:
             owner = self._owners(rows, first_mid, first_mid + len(items) - 1)
-        out: list[StoredMessage] = []
-        messages: list[tuple[Any, ...]] = []
-        sources: dict[int, list[float]] = {}  # [stored, rejected, lo, hi, seen]
-        devices: dict[str, list[float]] = {}  # [seen_at, messages, readings]
+        tally = BatchTally()
         for (mid, item), (src, start, end) in zip(enumerate(items, first_mid), spans, strict=True):
             mine = rows[start:end]
             if owner is not None:
                 # pop: a seq twice in one message is stored (and new) once
                 mine = [row for row in mine if owner.pop((row[0], row[1]), None) == mid]
-            stored = len(mine)
             rejected = self.insert_dead_letters(item.dead) if item.dead else 0
-            msg = item.batch
-            seqs = [r.seq for r in item.accepted] + [d.seq for d in item.dead if d.seq is not None]
-            if seqs:
-                lo, hi = min(seqs), max(seqs)
-                acc = sources.get(src)
-                if acc is None:
-                    sources[src] = [stored, rejected, lo, hi, item.received_at]
-                else:
-                    acc[0] += stored
-                    acc[1] += rejected
-                    acc[2] = min(acc[2], lo)
-                    acc[3] = max(acc[3], hi)
-                    acc[4] = max(acc[4], item.received_at)
-            dev = devices.get(msg.device)
-            if dev is None:
-                devices[msg.device] = [item.received_at, 1, stored]
-            else:
-                dev[0] = max(dev[0], item.received_at)
-                dev[1] += 1
-                dev[2] += stored
-            tss = [row[3] for row in mine]
-            stored_seqs = [row[1] for row in mine]
-            messages.append(
-                (
-                    mid, msg.msg_id, msg.device, msg.epoch, "backfill" if item.late else "telemetry",
-                    item.received_at, msg.sent_at, len(item.accepted) + len(item.dead), stored,
-                    len(item.accepted) - stored, len(item.dead), src if stored else None,
-                    min(stored_seqs) if stored else None, max(stored_seqs) if stored else None,
-                    min(tss) if tss else None, max(tss) if tss else None,
-                )
+            tally.add(
+                mid, item, src, seqs=[row[1] for row in mine], tss=[row[3] for row in mine],
+                new=[(row[2], row[3], row[4]) for row in mine], rejected=rejected,
             )  # fmt: skip
-            new = [(row[2], row[3], row[4]) for row in mine]
-            out.append(StoredMessage(mid, item, new, len(item.accepted) - stored, rejected))
+        messages, sources, devices = tally.messages, tally.sources, tally.devices
         conn.executemany(
             "INSERT INTO messages(id, msg_id, device, epoch, kind, received_at, sent_at, readings, stored, "
             "duplicates, rejected, source_id, lo_seq, hi_seq, min_ts, max_ts) "
@@ -628,7 +597,7 @@ class SqliteStore(SqliteReadModel):
             "messages = messages + excluded.messages, readings = readings + excluded.readings",
             [(d, v[0], int(v[1]), int(v[2])) for d, v in devices.items()],
         )
-        return out
+        return tally.out
 
     def _owners(
         self, rows: Sequence[ReadingRow], first_mid: int, last_mid: int
