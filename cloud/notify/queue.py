@@ -14,6 +14,7 @@ store; another backend implements the same Protocol.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,6 +40,24 @@ class Delivery:
     notice: Notice
     created_at: float
     attempts: int  # tries started, this one included
+
+
+def taken_deliveries(sink: str, rows: Sequence[Sequence[Any]]) -> list[Delivery]:
+    """Deliveries from the rows a queue took: (id, transition_id, alert_id, device, notice JSON,
+    created_at, attempts before this one), the same columns in every backend."""
+    out: list[Delivery] = []
+    for rid, transition_id, alert_id, device, notice, created_at, attempts in rows:
+        data: dict[str, Any] = json.loads(notice)
+        out.append(
+            Delivery(
+                int(rid),
+                sink,
+                Notice(str(transition_id), str(alert_id), str(device), str(data["state"]), data["alert"]),
+                float(created_at),
+                int(attempts) + 1,
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import Any, Final
 import psycopg
 
 from cloud.errors import StoreError
-from cloud.notify.queue import DeadDelivery, Delivery, Notice, SinkStatus
+from cloud.notify.queue import DeadDelivery, Delivery, Notice, SinkStatus, taken_deliveries
 from cloud.store.postgres.store import PostgresStore
 
 MAX_TEXT: Final = 4096  # characters of an error or a response body kept
@@ -80,19 +80,7 @@ class PostgresDeliveryQueue:
                     b"UPDATE notify_queue SET due_at = %s, attempts = attempts + 1 WHERE id = %s",
                     [(now + lease_s, r[0]) for r in taken],
                 )
-        out: list[Delivery] = []
-        for rid, transition_id, alert_id, device, notice, created_at, attempts in taken:
-            data: dict[str, Any] = json.loads(notice)
-            out.append(
-                Delivery(
-                    int(rid),
-                    sink,
-                    Notice(str(transition_id), str(alert_id), str(device), str(data["state"]), data["alert"]),
-                    float(created_at),
-                    int(attempts) + 1,
-                )
-            )
-        return out
+        return taken_deliveries(sink, taken)
 
     def _settle(
         self,

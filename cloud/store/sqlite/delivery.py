@@ -11,10 +11,10 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Final
 
 from cloud.errors import StoreError
-from cloud.notify.queue import DeadDelivery, Delivery, Notice, SinkStatus
+from cloud.notify.queue import DeadDelivery, Delivery, Notice, SinkStatus, taken_deliveries
 from cloud.store.sqlite.store import SqliteStore
 
 MAX_TEXT = 4096  # characters of an error or a response body kept
@@ -76,19 +76,7 @@ class SqliteDeliveryQueue:
                 "UPDATE notify_queue SET due_at = ?, attempts = attempts + 1 WHERE id = ?",
                 [(now + lease_s, r[0]) for r in taken],
             )
-        out: list[Delivery] = []
-        for rid, transition_id, alert_id, device, notice, created_at, attempts in taken:
-            data: dict[str, Any] = json.loads(notice)
-            out.append(
-                Delivery(
-                    int(rid),
-                    sink,
-                    Notice(str(transition_id), str(alert_id), str(device), str(data["state"]), data["alert"]),
-                    float(created_at),
-                    int(attempts) + 1,
-                )
-            )
-        return out
+        return taken_deliveries(sink, taken)
 
     def _sink_row(self, conn: sqlite3.Connection, sink: str) -> None:
         conn.execute("INSERT INTO notify_sinks(sink) VALUES (?) ON CONFLICT(sink) DO NOTHING", (sink,))
