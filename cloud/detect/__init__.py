@@ -28,13 +28,17 @@ class UnknownDetector(ValueError):
     """No detector is registered under that name."""
 
 
-def make_detector(name: str = DEFAULT_DETECTOR, *, seed: int = 0) -> StreamDetector:
+def detector_class(name: str) -> Any:
+    """The class registered as `name` (its module imported on first use); UnknownDetector if none."""
     target = DETECTORS.get(name)
     if target is None:
         raise UnknownDetector(f"unknown detector {name!r}; known: {', '.join(sorted(DETECTORS))}")
     module_name, _, attr = target.partition(":")
-    cls: Any = getattr(importlib.import_module(module_name), attr)
-    detector: StreamDetector = cls(seed=seed)
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def make_detector(name: str = DEFAULT_DETECTOR, *, seed: int = 0) -> StreamDetector:
+    detector: StreamDetector = detector_class(name)(seed=seed)
     return detector
 
 
@@ -56,17 +60,17 @@ def resume_detector(blob: bytes, name: str) -> StreamDetector:
     CheckpointError if the checkpoint is unreadable or holds some other detector.
     """
     detector = detector_from_bytes(blob)
-    target = DETECTORS.get(name, "")
-    if target.endswith(":ShiftAwareDetector") and type(detector).__name__ == "SensorDetector":
-        upgraded: Any = make_detector(name)
+    expected = detector_class(name)
+    if isinstance(detector, expected):
+        same: StreamDetector = detector
+        return same
+    if expected.__name__ == "ShiftAwareDetector" and type(detector).__name__ == "SensorDetector":
+        upgraded = expected()
         upgraded.inner = detector
         resumed: StreamDetector = upgraded
         return resumed
-    expected = type(make_detector(name))
-    if not isinstance(detector, expected):
-        held = type(detector).__name__
-        raise CheckpointError(f"checkpoint holds a {held}, {name!r} is a {expected.__name__}")
-    return detector
+    held = type(detector).__name__
+    raise CheckpointError(f"checkpoint holds a {held}, {name!r} is a {expected.__name__}")
 
 
 def detector_to_bytes(detector: StreamDetector) -> bytes:
@@ -123,6 +127,7 @@ __all__ = [
     "StreamDetector",
     "UnknownDetector",
     "Verdict",
+    "detector_class",
     "detector_from_bytes",
     "detector_to_bytes",
     "make_detector",
